@@ -1,0 +1,362 @@
+"""One typed configuration for a whole run.
+
+It is built in three layers, each overriding the last:
+``configs/default.toml`` -> ``configs/<env>.toml`` (when it exists) -> dotted CLI flags
+(``--train.learning-rate 3e-4``). Dashes and underscores are interchangeable in keys.
+Unknown keys and values of the wrong type are errors that name the key and suggest the
+closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value the user gave is not valid."""
+
+
+@dataclass
+class EnvConfig:
+    name: str = "breakout"
+    num_envs: int = 4096
+    # "native": C envs stepped in-process; "serial"/"multiprocessing": shoal.vector backends.
+    backend: Literal["native", "serial", "multiprocessing"] = "native"
+    num_workers: int = 1
+    # Threads the C env spreads its envs over (0 = choose for the machine).
+    num_threads: int = 0
+    # Environment-specific options passed to shoal.make (e.g. frameskip); validated by the env.
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PolicyConfig:
+    hidden_size: int = 128
+    lstm: bool = True
+    parametrization: Literal["standard", "mup"] = "standard"
+    base_width: int = 128
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1
+    deterministic: bool = False
+    device: str = "auto"
+    precision: Literal["float32", "bfloat16"] = "float32"
+    compile: bool = False
+    # Torch intra-op threads (0 = choose for the machine).
+    torch_threads: int = 0
+    total_steps: int = 10_000_000
+    # Agent steps per rollout (num_agents * bptt_horizon must divide it).
+    batch_size: int = 131_072
+    bptt_horizon: int = 64
+    minibatch_size: int = 16_384
+    # Largest minibatch run in one forward/backward; larger minibatches accumulate gradients.
+    max_minibatch_size: int = 32_768
+    update_epochs: int = 1
+    optimizer: Literal["adam", "adamw", "muon"] = "adam"
+    learning_rate: float = 3e-3
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_fraction: float = 0.0
+    min_lr_ratio: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    muon_momentum: float = 0.95
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    advantage: Literal["gae", "adaptive_horizon"] = "gae"
+    min_horizon: int = 16
+    max_horizon: int = 64
+    clip_coef: float = 0.2
+    vf_coef: float = 0.5
+    vf_clip_coef: float = 0.2
+    ent_coef: float = 0.01
+    max_grad_norm: float = 0.5
+    norm_adv: bool = True
+    # V-trace style importance clips on the advantage (1.0/1.0 with one epoch is plain GAE).
+    vtrace_rho_clip: float = 1.0
+    vtrace_c_clip: float = 1.0
+    # Prioritized segment sampling: alpha 0 = uniform.
+    prio_alpha: float = 0.0
+    prio_beta0: float = 1.0
+    checkpoint_interval: int = 50  # epochs
+    # Stop when the mean score (last episodes) reaches this; None = run all steps.
+    target_score: float | None = None
+
+
+@dataclass
+class RunConfig:
+    # Folder under which each run gets its own folder.
+    dir: str = "runs"
+    name: str = ""
+    quiet: bool = False
+    profile: bool = False
+    wandb: bool = False
+    wandb_project: str = "shoal"
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    # Search space for `shoal sweep`: {"train.learning_rate": {"distribution": "log", ...}}.
+    sweep: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def copy(self) -> Config:
+        return from_dict(self.to_dict())
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _normalize(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def _suggest(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(candidates))}"
+
+
+def _section_fields(section: str) -> dict[str, dataclasses.Field]:
+    section_type = typing.get_type_hints(Config)[section]
+    return {f.name: f for f in dataclasses.fields(section_type)}
+
+
+def all_keys() -> list[str]:
+    """Every settable dotted key, e.g. 'train.learning_rate'."""
+    keys = []
+    for section in SECTIONS:
+        if section == "sweep":
+            continue
+        keys.extend(f"{section}.{name}" for name in _section_fields(section))
+    return keys
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert `value` (from TOML or a CLI string) to `annotation`, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot take {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table of options, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {annotation}")
+
+
+def set_key(config: Config, dotted: str, value: Any) -> None:
+    """Set one dotted key ('train.learning-rate' or 'env.options.frameskip') on `config`."""
+    parts = [_normalize(p) for p in dotted.split(".")]
+    section = parts[0]
+    if section not in SECTIONS or section == "sweep":
+        raise ConfigError(f"unknown config section '{parts[0]}' in '{dotted}'" + _suggest(dotted, all_keys()))
+    if len(parts) < 2:
+        raise ConfigError(f"'{dotted}' names a section, not a key" + _suggest(dotted, all_keys()))
+    fields = _section_fields(section)
+    name = parts[1]
+    if name not in fields:
+        raise ConfigError(
+            f"unknown config key '{section}.{name}'" + _suggest(f"{section}.{name}", all_keys())
+        )
+    target = getattr(config, section)
+    annotation = typing.get_type_hints(type(target))[name]
+    if typing.get_origin(annotation) is dict and len(parts) > 2:
+        option = ".".join(parts[2:])
+        getattr(target, name)[option] = _parse_scalar(value)
+        return
+    if len(parts) > 2:
+        raise ConfigError(f"'{section}.{name}' has no sub-keys (got '{dotted}')")
+    setattr(target, name, coerce(f"{section}.{name}", value, annotation))
+
+
+def _parse_scalar(value: Any) -> Any:
+    """CLI strings for free-form options: numbers and booleans become numbers and booleans."""
+    if not isinstance(value, str):
+        return value
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def merge_dict(config: Config, data: dict[str, Any], source: str = "") -> None:
+    """Apply a nested dict (as read from TOML) onto `config`."""
+    where = f" (in {source})" if source else ""
+    for section, values in data.items():
+        section_key = _normalize(section)
+        if section_key == "sweep":
+            if not isinstance(values, dict):
+                raise ConfigError(f"[sweep] must be a table{where}")
+            config.sweep.update(_flatten_sweep(values))
+            continue
+        if section_key not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}'{where}" + _suggest(section_key, list(SECTIONS)))
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table{where}")
+        for key, value in values.items():
+            try:
+                if isinstance(value, dict) and _normalize(key) == "options":
+                    for option, option_value in value.items():
+                        set_key(config, f"{section_key}.options.{option}", option_value)
+                else:
+                    set_key(config, f"{section_key}.{key}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{e}{where}") from None
+
+
+def _flatten_sweep(values: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+    """[sweep.train.learning_rate] tables -> {"train.learning_rate": {...}}."""
+    flat: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{_normalize(key)}" if prefix else _normalize(key)
+        if isinstance(value, dict) and "distribution" in value:
+            flat[dotted] = dict(value)
+        elif isinstance(value, dict):
+            flat.update(_flatten_sweep(value, dotted))
+        else:
+            raise ConfigError(f"sweep entry '{dotted}' must be a table with a 'distribution'")
+    return flat
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    config = Config()
+    merge_dict(config, data)
+    return config
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """['--train.learning-rate', '3e-4', '--env.num-envs=512'] -> [(key, value), ...]."""
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ConfigError(
+                f"unexpected argument '{arg}': config flags look like --section.key VALUE "
+                "(e.g. --train.learning-rate 3e-4)"
+            )
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"flag '{arg}' needs a value")
+            key, value = arg[2:], args[i + 1]
+            i += 2
+        pairs.append((key, value))
+    return pairs
+
+
+def load_config(
+    env_name: str | None = None,
+    overrides: list[str] | None = None,
+    config_file: str | Path | None = None,
+    config_dir: str | Path = CONFIG_DIR,
+) -> Config:
+    """default.toml -> <env>.toml -> an explicit config file -> CLI overrides."""
+    config = Config()
+    config_dir = Path(config_dir)
+    default = config_dir / "default.toml"
+    if default.exists():
+        merge_dict(config, load_toml(default), str(default))
+    if env_name is not None:
+        config.env.name = env_name
+        env_file = config_dir / f"{env_file_stem(env_name)}.toml"
+        if env_file.exists():
+            merge_dict(config, load_toml(env_file), str(env_file))
+        config.env.name = env_name
+    if config_file is not None:
+        merge_dict(config, load_toml(config_file), str(config_file))
+    for key, value in parse_overrides(overrides or []):
+        set_key(config, key, value)
+    return config
+
+
+def env_file_stem(env_name: str) -> str:
+    """'breakout' -> 'breakout'; 'gym:CartPole-v1' -> 'gym_CartPole-v1'."""
+    return env_name.replace(":", "_").replace("/", "_")
