@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,8 @@ class EnvConfig:
 @dataclass
 class PolicyConfig:
     hidden_size: int = 128
+    # Linear layers in the MLP encoder (the first maps observations to hidden_size).
+    num_layers: int = 1
     lstm: bool = True
     parametrization: Literal["standard", "mup"] = "standard"
     base_width: int = 128
@@ -72,6 +77,9 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     muon_momentum: float = 0.95
+    # With optimizer = "muon": learning rate of the Adam half (input layer, heads, biases)
+    # relative to learning_rate.
+    muon_adam_lr_ratio: float = 1.0
     gamma: float = 0.99
     gae_lambda: float = 0.95
     advantage: Literal["gae", "adaptive_horizon"] = "gae"
@@ -83,7 +91,9 @@ class TrainConfig:
     ent_coef: float = 0.01
     max_grad_norm: float = 0.5
     norm_adv: bool = True
-    # V-trace style importance clips on the advantage (1.0/1.0 with one epoch is plain GAE).
+    # V-trace style correction: advantages are recomputed before every minibatch with each
+    # step's latest importance ratio, clipped at rho (deltas) and c (traces).
+    vtrace: bool = False
     vtrace_rho_clip: float = 1.0
     vtrace_c_clip: float = 1.0
     # Prioritized segment sampling: alpha 0 = uniform.
@@ -103,6 +113,10 @@ class RunConfig:
     profile: bool = False
     wandb: bool = False
     wandb_project: str = "shoal"
+    # A run folder whose checkpoint.pt this run continues from ("" = start fresh).
+    resume: str = ""
+    # Seconds between the plain log lines printed when quiet (or when stdout is not a terminal).
+    log_interval: float = 5.0
 
 
 @dataclass
@@ -152,10 +166,10 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     """Convert `value` (from TOML or a CLI string) to `annotation`, or raise ConfigError."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+    if origin is typing.Union or origin is types.UnionType:
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
         errors = []
         for arg in args:
             if arg is type(None):
@@ -167,7 +181,9 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: cannot take {value!r}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}{hint}")
         return value
     if origin is dict:
         if not isinstance(value, dict):
@@ -218,16 +234,18 @@ def set_key(config: Config, dotted: str, value: Any) -> None:
     """Set one dotted key ('train.learning-rate' or 'env.options.frameskip') on `config`."""
     parts = [_normalize(p) for p in dotted.split(".")]
     section = parts[0]
-    if section not in SECTIONS or section == "sweep":
-        raise ConfigError(f"unknown config section '{parts[0]}' in '{dotted}'" + _suggest(dotted, all_keys()))
+    if section == "sweep":
+        raise ConfigError(f"'{dotted}': the sweep space is set with [sweep.<key>] tables in a config file")
+    if section not in SECTIONS:
+        raise ConfigError(
+            f"unknown config section '{parts[0]}' in '{dotted}'" + _suggest(_normalize(dotted), all_keys())
+        )
     if len(parts) < 2:
-        raise ConfigError(f"'{dotted}' names a section, not a key" + _suggest(dotted, all_keys()))
+        raise ConfigError(f"'{dotted}' names a section, not a key" + _suggest(_normalize(dotted), all_keys()))
     fields = _section_fields(section)
     name = parts[1]
     if name not in fields:
-        raise ConfigError(
-            f"unknown config key '{section}.{name}'" + _suggest(f"{section}.{name}", all_keys())
-        )
+        raise ConfigError(f"unknown config key '{dotted}'" + _suggest(f"{section}.{name}", all_keys()))
     target = getattr(config, section)
     annotation = typing.get_type_hints(type(target))[name]
     if typing.get_origin(annotation) is dict and len(parts) > 2:
@@ -264,7 +282,9 @@ def merge_dict(config: Config, data: dict[str, Any], source: str = "") -> None:
             config.sweep.update(_flatten_sweep(values))
             continue
         if section_key not in SECTIONS:
-            raise ConfigError(f"unknown config section '{section}'{where}" + _suggest(section_key, list(SECTIONS)))
+            raise ConfigError(
+                f"unknown config section '{section}'{where}" + _suggest(section_key, list(SECTIONS))
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table{where}")
         for key, value in values.items():
@@ -298,6 +318,69 @@ def from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
+def _toml_key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    return key if bare else json.dumps(key)
+
+
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are a subset of TOML basic-string escapes.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{_toml_key(k)} = {_toml_value(v, where)}" for k, v in value.items() if v is not None)
+        return "{ " + ", ".join(items) + " }"
+    raise ConfigError(f"{where}: cannot write {type(value).__name__} value {value!r} as TOML")
+
+
+def to_toml(config: Config) -> str:
+    """The config as TOML text that load_toml/from_dict read back to an equal Config.
+
+    TOML has no null, so keys whose value is None (e.g. train.target_score) are written
+    as comments; leaving them out restores their None default on reading.
+    """
+    data = config.to_dict()
+    lines: list[str] = []
+    for section in SECTIONS:
+        if section == "sweep":
+            continue
+        lines.append(f"[{section}]")
+        tables: list[tuple[str, dict[str, Any]]] = []
+        for key, value in data[section].items():
+            if isinstance(value, dict):
+                tables.append((key, value))
+            elif value is None:
+                lines.append(f"# {key} = (none)")
+            else:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value, f'{section}.{key}')}")
+        for key, table in tables:
+            lines.append("")
+            lines.append(f"[{section}.{_toml_key(key)}]")
+            for option, value in table.items():
+                lines.append(f"{_toml_key(option)} = {_toml_value(value, f'{section}.{key}.{option}')}")
+        lines.append("")
+    for dotted, spec in data["sweep"].items():
+        # Dotted sweep keys become nested tables, which _flatten_sweep folds back.
+        lines.append("[sweep." + ".".join(_toml_key(part) for part in dotted.split(".")) + "]")
+        for key, value in spec.items():
+            if value is not None:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value, f'sweep.{dotted}.{key}')}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -324,12 +407,17 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
             key, value = arg[2:].split("=", 1)
             i += 1
         else:
-            if i + 1 >= len(args):
-                raise ConfigError(f"flag '{arg}' needs a value")
+            if i + 1 >= len(args) or _looks_like_flag(args[i + 1]):
+                raise ConfigError(f"flag '{arg}' needs a value (e.g. {arg} VALUE or {arg}=VALUE)")
             key, value = arg[2:], args[i + 1]
             i += 2
         pairs.append((key, value))
     return pairs
+
+
+def _looks_like_flag(arg: str) -> bool:
+    # Negative numbers ("-1", "-3e-4") are values; "--x.y" is the next flag.
+    return arg.startswith("--") and len(arg) > 2
 
 
 def load_config(
@@ -351,7 +439,16 @@ def load_config(
             merge_dict(config, load_toml(env_file), str(env_file))
         config.env.name = env_name
     if config_file is not None:
-        merge_dict(config, load_toml(config_file), str(config_file))
+        file_data = load_toml(config_file)
+        file_env = file_data.get("env", {}).get("name") if isinstance(file_data.get("env"), dict) else None
+        if env_name is None and isinstance(file_env, str):
+            # The file names the env: its env toml sits below the file, as if named on the command line.
+            return load_config(file_env, overrides, config_file, config_dir)
+        merge_dict(config, file_data, str(config_file))
+        if env_name is not None and config.env.name != env_name:
+            raise ConfigError(
+                f"{config_file} sets env.name = '{config.env.name}' but the command names env '{env_name}'"
+            )
     for key, value in parse_overrides(overrides or []):
         set_key(config, key, value)
     return config

@@ -11,7 +11,12 @@
 #include "memory.h"
 
 static const GameDef *const SHOAL_GAMES[] = {
-    &cartpole_game, &breakout_game, &pong_game, &snake_game, &bandit_game, &memory_game,
+    &cartpole_game,
+    &breakout_game,
+    &pong_game,
+    &snake_game,
+    &bandit_game,
+    &memory_game,
 };
 
 #endif

@@ -1,0 +1,254 @@
+"""`shoal analyze`: everything computed about one sweep, two-sweep comparison, and the written outputs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shoal.analysis import stats
+from shoal.analysis.report import Report, write_text_atomic
+from shoal.analysis.sweeps import Sweep
+
+
+@dataclass
+class SweepAnalysis:
+    sweep: Sweep
+    considered: pd.DataFrame  # trials under --max-cost (all completed trials without it)
+    front_cost: pd.DataFrame
+    front_steps: pd.DataFrame
+    top: pd.DataFrame
+    defaults: dict[str, Any]
+    top_table: pd.DataFrame
+    param_summary: pd.DataFrame
+    importance: stats.Importance
+    fastest: pd.DataFrame | None
+    repro_summary: pd.DataFrame
+    repro_tests: list[stats.Comparison]
+    max_cost: float | None = None
+    min_score: float | None = None
+    top_n: int = 10
+
+
+def analyze_sweep(
+    sweep: Sweep,
+    max_cost: float | None = None,
+    min_score: float | None = None,
+    top: int = 10,
+    importance_methods: tuple[str, ...] = ("fanova", "ped-anova"),
+) -> SweepAnalysis:
+    """Fronts, top-N with defaults and ranges, importance and seed-reproduction statistics."""
+    trials = sweep.trials
+    considered = stats.filter_max_cost(trials, max_cost)
+    best = stats.top_n(trials, top, max_cost)
+    defaults = stats.param_defaults(sweep.param_names, sweep.base_config)
+    return SweepAnalysis(
+        sweep=sweep,
+        considered=considered,
+        front_cost=stats.pareto_front(considered, x="cost"),
+        front_steps=stats.pareto_front(considered, x="steps"),
+        top=best,
+        defaults=defaults,
+        top_table=stats.top_table(best, sweep.param_names, defaults),
+        param_summary=stats.parameter_summary(trials, best, sweep.param_names, defaults),
+        # Importance explains the whole sweep's search space, so it always uses every trial.
+        importance=stats.param_importance(trials, sweep.distributions, importance_methods),
+        fastest=stats.fastest_to_score(considered, min_score) if min_score is not None else None,
+        repro_summary=stats.reproduction_summary(sweep.reproductions, trials),
+        repro_tests=stats.reproduction_tests(sweep.reproductions),
+        max_cost=max_cost,
+        min_score=min_score,
+        top_n=top,
+    )
+
+
+@dataclass
+class SweepComparison:
+    """The test between two sweeps, with a label saying exactly which samples were compared."""
+
+    kind: str  # "seed re-runs" or "best-k trials"
+    label: str
+    comparison: stats.Comparison
+    notes: list[str] = field(default_factory=list)
+
+
+def _best_reproduced(analysis: SweepAnalysis) -> tuple[int, pd.Series] | None:
+    summary = analysis.repro_summary
+    summary = summary[summary["n"] >= 2] if not summary.empty else summary
+    if summary.empty:
+        return None
+    source = int(summary["source_trial"].iloc[0])
+    repro = analysis.sweep.reproductions
+    return source, repro.loc[repro["source_trial"] == source, "score"]
+
+
+def compare_sweeps(a: SweepAnalysis, b: SweepAnalysis, k: int | None = None) -> SweepComparison:
+    """Seed re-runs of each sweep's best reproduced config when both have them, else best-k scores."""
+    name_a, name_b = a.sweep.name, b.sweep.name
+    best_a, best_b = _best_reproduced(a), _best_reproduced(b)
+    if best_a is not None and best_b is not None:
+        (source_a, scores_a), (source_b, scores_b) = best_a, best_b
+        comparison = stats.compare_samples(
+            scores_a,
+            scores_b,
+            f"{name_a} {stats.config_label(source_a)}",
+            f"{name_b} {stats.config_label(source_b)}",
+        )
+        label = (
+            f"seed re-runs of each sweep's best reproduced config ({name_a} {stats.config_label(source_a)} "
+            f"vs {name_b} {stats.config_label(source_b)})"
+        )
+        return SweepComparison("seed re-runs", label, comparison)
+    notes = []
+    missing = [n for n, best in ((name_a, best_a), (name_b, best_b)) if best is None]
+    notes.append(
+        f"no seed re-runs for {', '.join(missing)} (run `shoal reproduce`), so the best trials are compared"
+    )
+    k = k or min(a.top_n, b.top_n)
+    scores_a = a.top["score"].head(k)
+    scores_b = b.top["score"].head(k)
+    comparison = stats.compare_samples(
+        scores_a, scores_b, f"{name_a} best {len(scores_a)}", f"{name_b} best {len(scores_b)}"
+    )
+    label = (
+        f"best-k trial scores (k={k}) of each sweep: different configs, one seed each, so this compares "
+        "what each sweep found, not the seed noise of one config"
+    )
+    return SweepComparison("best-k trials", label, comparison, notes)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _trials_csv(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=["curve"], errors="ignore")
+
+
+def _front_display(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    columns = ["trial", "score", "cost", "steps", "sps"] + [n for n in names if n in frame]
+    shown = frame[columns].copy()
+    return shown.rename(columns={"cost": "cost (s)", "steps": "agent steps", "sps": "steps/s"})
+
+
+def write_outputs(
+    analyses: list[SweepAnalysis], out_dir: str | Path, between: SweepComparison | None = None
+) -> list[Path]:
+    """PNGs, trials CSVs and report.html for one sweep (or two, with --vs) into ``out_dir``."""
+    from shoal.analysis import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    main = analyses[0]
+    names = [a.sweep.name for a in analyses]
+    frames = [(a.sweep.name, a.sweep.trials) for a in analyses]
+    written: list[Path] = []
+    written.append(plots.plot_fronts(frames, out / "front_cost.png", x="cost", max_cost=main.max_cost))
+    written.append(plots.plot_fronts(frames, out / "front_steps.png", x="steps"))
+    written.append(plots.plot_sps(frames, out / "sps.png"))
+    per_sweep: dict[str, dict[str, Path]] = {}
+    for index, analysis in enumerate(analyses):
+        suffix = "" if index == 0 else "_" + _safe(analysis.sweep.name)
+        sweep = analysis.sweep
+        files = {
+            "params": plots.plot_param_scatter(
+                sweep.trials,
+                sweep.param_names,
+                sweep.distributions,
+                analysis.defaults,
+                out / f"params{suffix}.png",
+            ),
+            "importance": plots.plot_importance(
+                analysis.importance.table, out / f"importance{suffix}.png", analysis.importance.message
+            ),
+            "curves": plots.plot_top_curves(analysis.top, out / f"curves{suffix}.png", sweep.name),
+        }
+        if not sweep.reproductions.empty:
+            files["reproduce"] = plots.plot_reproductions(
+                sweep.reproductions,
+                out / f"reproduce{suffix}.png",
+                sweep.trials,
+                f"Seed reproduction: {sweep.name}",
+            )
+        csv_path = out / f"trials{suffix}.csv"
+        write_text_atomic(csv_path, _trials_csv(sweep.trials).to_csv(index=False))
+        files["csv"] = csv_path
+        per_sweep[sweep.name] = files
+        written.extend(files.values())
+
+    report = Report("Sweep report: " + " vs ".join(names))
+    for analysis in analyses:
+        sweep = analysis.sweep
+        report.paragraph(
+            f"{sweep.name}: {sweep.where}; env {sweep.env or 'unknown'}; trials: {sweep.counts_text()}; "
+            f"total cost {sweep.trials['cost'].sum():,.0f} s."
+        )
+    if main.max_cost is not None:
+        report.paragraph(
+            f"Fronts and top runs only consider trials with cost <= {main.max_cost:g} s.", "note"
+        )
+    report.heading("Score vs cost")
+    report.image(out / "front_cost.png", "score vs cost")
+    report.heading("Score vs agent steps")
+    report.image(out / "front_steps.png", "score vs agent steps")
+    for analysis in analyses:
+        report.heading(f"Pareto front (score vs cost): {analysis.sweep.name}")
+        report.table(_front_display(analysis.front_cost, analysis.sweep.param_names))
+    if between is not None:
+        report.heading("Is the difference between the sweeps real?")
+        report.paragraph(f"Compared: {between.label}.")
+        for note in between.notes:
+            report.paragraph(note, "note")
+        report.verdict(between.comparison.text(), between.comparison.significant)
+    report.heading("Throughput")
+    report.paragraph(
+        "Steps per second of each trial. A sweep on a faster machine reaches more steps in the same cost; "
+        "compare score vs agent steps before crediting the algorithm.",
+        "note",
+    )
+    report.image(out / "sps.png", "steps per second")
+    for analysis in analyses:
+        sweep = analysis.sweep
+        files = per_sweep[sweep.name]
+        report.heading(f"Top {len(analysis.top)} trials: {sweep.name}")
+        report.table(analysis.top_table)
+        report.table(analysis.param_summary)
+        report.image(files["curves"], "learning curves")
+        if analysis.fastest is not None:
+            report.heading(f"Fastest to score >= {analysis.min_score:g}: {sweep.name}")
+            shown = analysis.fastest[["trial", "cost_to_reach", "steps_to_reach", "score", "cost"]].head(
+                analysis.top_n
+            )
+            report.table(
+                shown.rename(
+                    columns={
+                        "cost_to_reach": "cost to reach (s)",
+                        "steps_to_reach": "steps to reach",
+                        "cost": "total cost (s)",
+                    }
+                )
+            )
+        report.heading(f"Parameters: {sweep.name}")
+        report.image(files["params"], "score vs parameters")
+        report.heading(f"Parameter importance: {sweep.name}")
+        if analysis.importance.ok:
+            report.table(analysis.importance.table, index=True)
+        if analysis.importance.message:
+            report.paragraph(analysis.importance.message, "note")
+        report.image(files["importance"], "importance")
+        report.heading(f"Seed reproduction: {sweep.name}")
+        if sweep.reproductions.empty:
+            report.paragraph(
+                f"No seed re-runs yet; run `shoal reproduce {sweep.name} --top 3 --seeds 5`.", "note"
+            )
+        else:
+            report.table(analysis.repro_summary)
+            for test in analysis.repro_tests:
+                report.verdict(test.text(), test.significant)
+            report.image(files["reproduce"], "seed reproduction")
+    report_path = report.write(out / "report.html")
+    written.append(report_path)
+    return written

@@ -1,0 +1,265 @@
+"""`shoal reproduce`: re-run the best configs of a sweep over fresh seeds into study NAME:reproduce."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from shoal.analysis import stats
+from shoal.analysis.sweeps import DEFAULT_SWEEPS_DIR, REPRODUCE_SUFFIX, Sweep, open_storage
+
+TrainFn = Callable[..., Any]
+FIRST_SEED = 1000  # re-run seeds start here, far from the small seeds sweeps usually use
+
+
+@dataclass
+class Job:
+    source_trial: int  # -1 for a config file
+    seed: int
+    config: dict[str, Any]
+    original_score: float = math.nan
+
+
+@dataclass
+class Outcome:
+    job: Job
+    score: float
+    cost: float
+    agent_steps: float
+    sps: float
+    curve: list[list[float]]
+    config: dict[str, Any]
+    error: str = ""
+
+
+def _default_train() -> TrainFn:
+    from shoal.train import train
+
+    return train
+
+
+def pick_seeds(count: int, used: set[int]) -> list[int]:
+    """`count` seeds from FIRST_SEED upward that are not in `used`."""
+    seeds: list[int] = []
+    candidate = FIRST_SEED
+    while len(seeds) < count:
+        if candidate not in used:
+            seeds.append(candidate)
+        candidate += 1
+    return seeds
+
+
+def load_config_file(path: str | Path, sweep: Sweep) -> dict[str, Any]:
+    """A config to re-run: a config.json of a run, or a TOML file layered on the sweep's base config."""
+    from shoal.config import from_dict, load_config, load_toml, merge_dict
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"config file not found: {path} (expected a .toml config or a run's config.json)"
+        )
+    if path.suffix == ".json":
+        return from_dict(json.loads(path.read_text())).to_dict()
+    if sweep.base_config:
+        cfg = from_dict(sweep.base_config)
+        merge_dict(cfg, load_toml(path), str(path))
+        return cfg.to_dict()
+    return load_config(sweep.env or None, config_file=path).to_dict()
+
+
+def plan_jobs(
+    sweep: Sweep,
+    top: int,
+    seeds: int,
+    max_cost: float | None = None,
+    config_file: str | Path | None = None,
+) -> list[Job]:
+    """Jobs for the top configs (by score, under max_cost when given) and an optional config file.
+
+    Seeds differ from each config's original seed and from seeds it was already re-run with, so
+    running reproduce again adds evidence instead of repeating it.
+    """
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    if top < 0:
+        raise ValueError(f"--top must be 0 or more, got {top}")
+    sources: list[tuple[int, dict[str, Any], float, int | None]] = []
+    if top:
+        best = stats.top_n(sweep.trials, top, max_cost)
+        if best.empty:
+            where = f" under {max_cost:g} s" if max_cost is not None else ""
+            raise ValueError(f"sweep '{sweep.name}' has no completed trial with a score{where} to reproduce")
+        for _, row in best.iterrows():
+            number = int(row["trial"])
+            seed = row["seed"]
+            original_seed = int(seed) if seed is not None and not _nan(seed) else None
+            sources.append((number, sweep.trial_config(number), float(row["score"]), original_seed))
+    if config_file is not None:
+        config = load_config_file(config_file, sweep)
+        sources.append((-1, config, math.nan, config.get("train", {}).get("seed")))
+    if not sources:
+        raise ValueError("nothing to reproduce: give --top K (K >= 1) and/or --config FILE")
+    repro = sweep.reproductions
+    jobs = []
+    for source, config, score, original_seed in sources:
+        used = set()
+        if original_seed is not None:
+            used.add(int(original_seed))
+        if not repro.empty:
+            used.update(int(s) for s in repro.loc[repro["source_trial"] == source, "seed"].dropna())
+        for seed in pick_seeds(seeds, used):
+            jobs.append(Job(source, seed, config, score))
+    return jobs
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def job_config(job: Job, sweep_name: str, workers: int) -> Any:
+    """The Config of one re-run: the source config with the new seed and its own run name."""
+    from shoal.config import from_dict
+
+    cfg = from_dict(job.config)
+    cfg.train.seed = job.seed
+    source = "config" if job.source_trial < 0 else f"t{job.source_trial}"
+    cfg.run.name = f"{sweep_name}-reproduce-{source}-s{job.seed}"
+    if workers > 1:
+        # Parallel runs share the machine: split the automatic thread counts and silence dashboards.
+        share = max(1, (os.cpu_count() or 1) // workers)
+        if cfg.train.torch_threads == 0:
+            cfg.train.torch_threads = share
+        if cfg.env.num_threads == 0:
+            cfg.env.num_threads = share
+        cfg.run.quiet = True
+    return cfg
+
+
+def run_job(job: Job, sweep_name: str, workers: int, train_fn: TrainFn | None = None) -> Outcome:
+    """Train one re-run and collect its values and curve; errors become an Outcome with `error`."""
+    curve: list[list[float]] = []
+
+    def on_epoch(metrics: dict[str, Any]) -> bool:
+        curve.append(
+            [
+                float(metrics.get("wall_time", math.nan)),
+                float(metrics.get("agent_steps", math.nan)),
+                float(metrics.get("score", math.nan)),
+            ]
+        )
+        return True
+
+    config = dict(job.config)
+    try:
+        cfg = job_config(job, sweep_name, workers)
+        config = cfg.to_dict()
+        result = (train_fn or _default_train())(cfg, on_epoch=on_epoch)
+        metrics = dict(result.metrics)
+        score = float(metrics.get("score", math.nan))
+        cost = float(metrics.get("wall_time", math.nan))
+        steps = float(metrics.get("agent_steps", math.nan))
+        sps = float(metrics.get("sps", math.nan))
+        if math.isnan(sps) and cost > 0:
+            sps = steps / cost
+        if not curve and getattr(result, "history", None):
+            curve = [
+                [
+                    float(m.get("wall_time", math.nan)),
+                    float(m.get("agent_steps", math.nan)),
+                    float(m.get("score", math.nan)),
+                ]
+                for m in result.history
+            ]
+        error = ""
+        if not math.isfinite(score):
+            error = "the run finished without a finite score (no episode ended?)"
+        elif not math.isfinite(cost):
+            error = "the run's metrics have no wall_time"
+        return Outcome(job, score, cost, steps, sps, curve, config, error)
+    except Exception as e:
+        return Outcome(
+            job,
+            math.nan,
+            math.nan,
+            math.nan,
+            math.nan,
+            curve,
+            config,
+            f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}",
+        )
+
+
+def _json_safe(curve: list[list[float]]) -> list[list[float | None]]:
+    # Optuna stores user attrs as JSON, where NaN is not portable (RDB backends reject it).
+    return [[v if math.isfinite(v) else None for v in point] for point in curve]
+
+
+def record(study: optuna.Study, outcome: Outcome) -> optuna.trial.FrozenTrial:
+    """Store one re-run as a trial of NAME:reproduce (COMPLETE, or FAIL with user attr `error`)."""
+    job = outcome.job
+    attrs: dict[str, Any] = {
+        "source_trial": job.source_trial,
+        "seed": job.seed,
+        "config": outcome.config,
+        "curve": _json_safe(outcome.curve),
+        "agent_steps": outcome.agent_steps if math.isfinite(outcome.agent_steps) else None,
+        "sps": outcome.sps if math.isfinite(outcome.sps) else None,
+    }
+    if outcome.error:
+        attrs["error"] = outcome.error
+        trial = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs)
+    else:
+        trial = optuna.trial.create_trial(values=[outcome.score, outcome.cost], user_attrs=attrs)
+    study.add_trial(trial)
+    return trial
+
+
+def reproduce(
+    sweep: Sweep,
+    jobs: list[Job],
+    storage: str | None = None,
+    sweeps_dir: str | Path = DEFAULT_SWEEPS_DIR,
+    workers: int = 1,
+    train_fn: TrainFn | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Run the jobs (in `workers` processes when > 1) and record each as it finishes."""
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    opened = open_storage(sweep.name, storage, sweeps_dir, create=True)
+    study = optuna.create_study(
+        study_name=sweep.name + REPRODUCE_SUFFIX,
+        storage=opened,
+        directions=["maximize", "minimize"],
+        load_if_exists=True,
+    )
+    study.set_user_attr("source_study", sweep.name)
+    outcomes: list[Outcome] = []
+
+    def finish(outcome: Outcome) -> None:
+        record(study, outcome)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    if workers == 1:
+        for job in jobs:
+            finish(run_job(job, sweep.name, 1, train_fn))
+        return outcomes
+    # Spawned (not forked) workers: forking a process that has torch threads running can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(run_job, job, sweep.name, workers, train_fn) for job in jobs]
+        for future in as_completed(futures):
+            finish(future.result())
+    return outcomes

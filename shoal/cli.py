@@ -1,0 +1,465 @@
+"""The `shoal` command: train, eval, envs, config, and the sweep/analysis commands.
+
+Everything heavy (torch, NumPy, the C envs, Optuna) is imported inside the command that needs
+it, so `shoal --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+PROG = "shoal"
+
+# Commands that own their whole argument list: (module, function, one-line help).
+PASSTHROUGH: dict[str, tuple[str, str, str]] = {
+    "sweep": ("shoal.sweep.cli", "main", "run a cost-aware hyperparameter sweep (Optuna)"),
+    "analyze": ("shoal.analysis.cli", "analyze_main", "summarize a sweep: fronts, tables, importance, plots"),
+    "reproduce": ("shoal.analysis.cli", "reproduce_main", "re-run sweep trials or a config over seeds"),
+    "compare": ("shoal.analysis.cli", "compare_main", "compare runs or sweeps with significance tests"),
+}
+
+FLAGS_HELP = """\
+config flags:
+  Any config key can be set as --section.key VALUE (or --section.key=VALUE); dashes and
+  underscores are interchangeable. Examples:
+    --train.learning-rate 3e-4  --env.num-envs 512  --env.options.frameskip 4
+  `shoal config ENV` prints every key with its resolved value.
+"""
+
+
+class UsageError(Exception):
+    """A mistake on the command line; printed as one line, exit status 2."""
+
+
+def split_config_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate dotted config flags (--train.learning-rate 3e-4) from the command's own arguments.
+
+    They are taken out before argparse sees the line, so values such as '-1' or '1e-3' reach
+    the config untouched and argparse never guesses at abbreviations of them.
+    """
+    regular: list[str] = []
+    dotted: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if arg.startswith("--") and "." in name:
+            dotted.append(arg)
+            has_value = "=" in arg
+            if not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                dotted.append(argv[i + 1])
+                i += 1
+        else:
+            regular.append(arg)
+        i += 1
+    return regular, dotted
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Shoal: fast reinforcement learning with C environments, PPO and cost-aware sweeps.",
+        epilog="Run 'shoal COMMAND --help' for a command's options.",
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train an agent",
+        description="Train an agent with PPO. The config is built from configs/default.toml, then "
+        "configs/ENV.toml, then --config FILE, then the config flags.",
+        epilog=FLAGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    train.add_argument(
+        "env",
+        nargs="?",
+        metavar="ENV",
+        help="env name: a native env (see 'shoal envs'), gym:ID or pettingzoo:MODULE; optional with --resume",
+    )
+    train.add_argument("--config", metavar="FILE", help="a TOML file applied over the env's defaults")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    train.add_argument("--quiet", action="store_true", help="plain log lines instead of the live dashboard")
+    train.add_argument("--profile", action="store_true", help="record where the time goes in more detail")
+    train.add_argument("--wandb", action="store_true", help="log metrics to Weights & Biases")
+    train.set_defaults(func=cmd_train, takes_flags=True)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="play episodes with a trained agent (terminal or GIF)",
+        description="Play episodes with a trained agent, shown in the terminal or written to a GIF.",
+        epilog="Config flags (e.g. --env.options.frameskip 4) change the env the agent plays.",
+        allow_abbrev=False,
+    )
+    evaluate.add_argument("env", metavar="ENV", help="env name")
+    evaluate.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="model.pt or checkpoint.pt of a run, or the run folder",
+    )
+    evaluate.add_argument("--episodes", type=int, default=5, metavar="N", help="episodes to play (default 5)")
+    evaluate.add_argument("--gif", metavar="OUT.gif", help="write the frames to an animated GIF")
+    evaluate.add_argument("--deterministic", action="store_true", help="take the most likely action")
+    evaluate.add_argument(
+        "--fps", type=float, default=15.0, metavar="F", help="frames per second (default 15)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="env seed (default 0)")
+    evaluate.add_argument(
+        "--max-steps",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="stop after N steps even if episodes are unfinished (default 100000)",
+    )
+    evaluate.add_argument("--no-render", action="store_true", help="don't draw frames in the terminal")
+    evaluate.set_defaults(func=cmd_eval, takes_flags=True)
+
+    envs = commands.add_parser(
+        "envs", help="list the environments and their options", description="List the environments."
+    )
+    envs.set_defaults(func=cmd_envs, takes_flags=False)
+
+    config = commands.add_parser(
+        "config",
+        help="print the resolved config as TOML",
+        description="Print the config a 'shoal train' with the same arguments would use, as TOML.",
+        epilog=FLAGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    config.add_argument("env", nargs="?", metavar="ENV", help="env name (default: the one in the config)")
+    config.add_argument("--config", metavar="FILE", help="a TOML file applied over the env's defaults")
+    config.add_argument("-o", "--output", metavar="FILE", help="write the TOML to FILE instead of stdout")
+    config.set_defaults(func=cmd_config, takes_flags=True)
+
+    for name, (_, _, help_text) in PASSTHROUGH.items():
+        # Listed for --help only; main() hands these commands their arguments untouched.
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return run_passthrough(argv[0], argv[1:])
+    regular, dotted = split_config_flags(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(regular)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if dotted and not args.takes_flags:
+        return fail(args.command, f"'shoal {args.command}' takes no config flags (got {dotted[0]})")
+    from shoal.config import ConfigError
+
+    try:
+        return int(args.func(args, dotted) or 0)
+    except (ConfigError, UsageError) as e:
+        return fail(args.command, str(e))
+    except KeyboardInterrupt:
+        print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def fail(command: str, message: str, status: int = 2) -> int:
+    print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+    return status
+
+
+def run_passthrough(command: str, argv: list[str]) -> int:
+    import importlib
+
+    module_name, function_name, _ = PASSTHROUGH[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            return fail(command, f"'shoal {command}' is not available in this install (no {module_name})", 1)
+        raise
+    function: Callable[[list[str]], int] = getattr(module, function_name)
+    try:
+        return int(function(argv) or 0)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        print(f"\n{PROG} {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def env_errors_as_usage() -> Iterator[None]:
+    """Env constructors raise ValueError/TypeError for unknown names and bad options: usage
+    mistakes, shown as one line. SHOAL_TRACEBACK=1 shows the traceback instead."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        if os.environ.get("SHOAL_TRACEBACK"):
+            raise
+        raise UsageError(f"{e} (set SHOAL_TRACEBACK=1 for the traceback)") from e
+
+
+def check_env(name: str, options: dict[str, Any]) -> None:
+    """Fail fast, as a usage error, on an env name or option the env would reject later."""
+    import shoal
+
+    with env_errors_as_usage():
+        if name.startswith(("gym:", "pettingzoo:")):
+            shoal.make(name, num_envs=1, seed=0, **options).close()
+        else:
+            from shoal.envs.native import resolve_options
+
+            resolve_options(name, options)
+
+
+# ---- train ----
+
+
+def resume_config(run_dir: str, env: str | None, overrides: list[str]) -> Any:
+    """The config of the run in `run_dir`, with `overrides` applied, set to continue that run."""
+    import json
+
+    from shoal.config import ConfigError, from_dict, parse_overrides, set_key
+
+    folder = Path(run_dir)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"--resume expects a run folder made by 'shoal train'; {config_path} does not exist")
+    if not (folder / "checkpoint.pt").is_file():
+        raise UsageError(f"--resume: {folder} has no checkpoint.pt to continue from")
+    try:
+        data = json.loads(config_path.read_text())
+        cfg = from_dict(data)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{config_path} is not valid JSON: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in {config_path})") from None
+    if env is not None and env != cfg.env.name:
+        raise UsageError(f"the run in {folder} trained env '{cfg.env.name}', not '{env}'")
+    for key, value in parse_overrides(overrides):
+        set_key(cfg, key, value)
+    # Keep writing into the same run folder.
+    cfg.run.dir = str(folder.resolve().parent)
+    cfg.run.name = folder.resolve().name
+    cfg.run.resume = str(folder)
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from shoal.config import load_config
+
+    if args.resume:
+        if args.config:
+            raise UsageError("--resume continues a run with its own config; it can't take --config too")
+        cfg = resume_config(args.resume, args.env, overrides)
+    else:
+        if args.env is None:
+            raise UsageError("name the env to train (e.g. 'shoal train cartpole'), or give --resume RUN_DIR")
+        cfg = load_config(args.env, overrides, args.config)
+    if args.quiet:
+        cfg.run.quiet = True
+    if args.profile:
+        cfg.run.profile = True
+    if args.wandb:
+        cfg.run.wandb = True
+
+    check_env(cfg.env.name, cfg.env.options)
+    from shoal.train import train
+
+    result = train(cfg)
+    print_train_summary(cfg, result)
+    return 0
+
+
+def print_train_summary(cfg: Any, result: Any) -> None:
+    import math
+
+    metrics = getattr(result, "metrics", None) or {}
+    run_dir = getattr(result, "run_dir", None)
+    steps = metrics.get("agent_steps")
+    wall = metrics.get("wall_time")
+    score = metrics.get("score")
+    parts = []
+    if steps is not None:
+        parts.append(f"{int(steps):,} agent steps")
+    if wall:
+        parts.append(f"in {float(wall):.1f} s")
+    if steps and wall:
+        parts.append(f"({float(steps) / float(wall):,.0f} steps/s)")
+    if isinstance(score, (int, float)) and math.isfinite(score):
+        parts.append(f"last score {score:.4g}")
+    print("done: " + " ".join(parts) if parts else "done")
+    if run_dir is not None:
+        print(f"run folder: {run_dir}")
+        print(f"watch it play: shoal eval {cfg.env.name} --checkpoint {Path(run_dir) / 'model.pt'}")
+
+
+# ---- eval ----
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    import math
+
+    import numpy as np
+
+    from shoal.config import parse_overrides, set_key
+
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.fps <= 0:
+        raise UsageError(f"--fps must be positive, got {args.fps}")
+    if args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
+    import shoal
+    from shoal.render import GifWriter, TerminalPlayer
+    from shoal.train.checkpoint import load_agent
+
+    try:
+        agent = load_agent(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--checkpoint: {e}") from None
+    cfg = agent.config.copy()
+    if cfg.env.name != args.env:
+        print(f"note: the checkpoint was trained on '{cfg.env.name}'; playing '{args.env}'", file=sys.stderr)
+    for key, value in parse_overrides(overrides):
+        set_key(cfg, key, value)
+
+    with env_errors_as_usage():
+        env = shoal.make(args.env, num_envs=1, seed=args.seed, num_threads=1, **cfg.env.options)
+    gif = GifWriter() if args.gif else None
+    player = None
+    if not args.gif and not args.no_render and sys.stdout.isatty():
+        player = TerminalPlayer(sys.stdout)
+    delay = 1.0 / args.fps
+
+    scores: list[float] = []
+    returns: list[float] = []
+    steps = 0
+    try:
+        obs, _ = env.reset(seed=args.seed)
+        agent.reset(np.ones(env.num_agents, dtype=bool))
+        while len(scores) < args.episodes and steps < args.max_steps:
+            if gif is not None or player is not None:
+                frame = env.render()
+                if gif is not None:
+                    gif.add(frame)
+                if player is not None and isinstance(frame, str):
+                    started = time.perf_counter()
+                    player.show(frame, f"episode {len(scores) + 1}/{args.episodes}  step {steps}")
+                    time.sleep(max(0.0, delay - (time.perf_counter() - started)))
+            actions = agent.act(obs, deterministic=args.deterministic)
+            obs, _, terminals, truncations, _ = env.step(actions)
+            steps += 1
+            done = np.logical_or(terminals, truncations)
+            if done.any():
+                agent.reset(done)
+            log = env.log()
+            finished = int(log.get("episodes", 0)) if log else 0
+            if finished and player is not None:
+                player.detach()
+            for _ in range(finished):
+                scores.append(float(log["score"]))
+                returns.append(float(log.get("episode_return", math.nan)))
+                length = log.get("episode_length", math.nan)
+                print(
+                    f"episode {len(scores)}: score {scores[-1]:.4g}  return {returns[-1]:.4g}  "
+                    f"length {float(length):.0f}",
+                    flush=True,
+                )
+    finally:
+        env.close()
+        if player is not None:
+            player.close()
+
+    if gif is not None and len(gif):
+        out = gif.write(args.gif, fps=args.fps)
+        print(f"wrote {len(gif)} frames to {out}")
+    if not scores:
+        print(f"no episode finished within {args.max_steps} steps (raise --max-steps)", file=sys.stderr)
+        return 1
+    episodes = f"{len(scores)} episode" + ("s" if len(scores) > 1 else "")
+    mean_return = float(np.nanmean(returns))
+    print(f"mean score {float(np.mean(scores)):.4g} over {episodes} (mean return {mean_return:.4g})")
+    return 0
+
+
+# ---- envs ----
+
+
+def cmd_envs(args: argparse.Namespace, overrides: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    import shoal
+
+    specs: dict[str, Any] = {}
+    try:
+        from shoal.envs.native import GAMES
+
+        specs = dict(GAMES)
+    except ImportError:
+        pass  # the C extension isn't built: names and descriptions are all there is
+
+    table = Table(title="Shoal environments", title_justify="left")
+    table.add_column("env / option", no_wrap=True)
+    table.add_column("default", justify="right", no_wrap=True)
+    table.add_column("range", no_wrap=True)
+    table.add_column("description")
+    for name, description in shoal.list_envs():
+        table.add_row(f"[bold cyan]{name}[/]", "", "", description, end_section=name not in specs)
+        options = getattr(specs.get(name), "options", ())
+        for i, option in enumerate(options):
+            table.add_row(
+                f"  {option.name}",
+                format_number(option.default, option.is_int),
+                f"{format_number(option.min, option.is_int)}..{format_number(option.max, option.is_int)}",
+                f"[dim]{option.help}[/]",
+                end_section=i == len(options) - 1,
+            )
+    console = Console()
+    console.print(table)
+    console.print(
+        "Set an option with --env.options.NAME VALUE (shoal train/eval) or shoal.make(name, NAME=VALUE).\n"
+        "Also: gym:ID for any Gymnasium env (e.g. gym:CartPole-v1) and pettingzoo:MODULE for PettingZoo "
+        "parallel envs (e.g. pettingzoo:butterfly.pistonball_v6).",
+        highlight=False,
+    )
+    return 0
+
+
+def format_number(value: float, is_int: bool) -> str:
+    return f"{value:.0f}" if is_int and float(value).is_integer() else f"{value:g}"
+
+
+# ---- config ----
+
+
+def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    from shoal.config import load_config, to_toml
+
+    cfg = load_config(args.env, overrides, args.config)
+    text = to_toml(cfg)
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    from shoal.render import write_atomic
+
+    out = write_atomic(args.output, text.encode())
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The actor-critic policy: MLP encoder, optional LSTM core, actor and critic heads.
+
+Layers are kept in separate, named modules so that a parametrization (muP) can address them:
+``encoder.input`` (observation -> hidden), ``encoder.hidden[i]`` and the LSTM (hidden matrices),
+``actor`` and ``critic`` (heads). :meth:`Policy.parameter_groups` returns them by role.
+
+Rollouts call :meth:`Policy.step` with one observation per agent and the agents' recurrent
+state; training calls :meth:`Policy.forward_sequence` on segments of ``T`` steps, resetting the
+LSTM state wherever an episode starts inside a segment.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import gymnasium
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ActionSpec:
+    """What the heads must produce for an action space."""
+
+    kind: str  # "discrete" (Discrete and MultiDiscrete) or "continuous" (Box)
+    nvec: tuple[int, ...]  # categories per action dimension (discrete)
+    dims: int  # action dimensions
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+
+    @property
+    def logits_size(self) -> int:
+        return sum(self.nvec) if self.kind == "discrete" else self.dims
+
+
+def action_spec(space: gymnasium.Space) -> ActionSpec:
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return ActionSpec("discrete", (int(space.n),), 1)
+    if isinstance(space, gymnasium.spaces.MultiDiscrete):
+        nvec = tuple(int(n) for n in np.asarray(space.nvec).reshape(-1))
+        return ActionSpec("discrete", nvec, len(nvec))
+    if isinstance(space, gymnasium.spaces.Box):
+        dims = int(np.prod(space.shape))
+        return ActionSpec("continuous", (), dims, space.low.reshape(-1), space.high.reshape(-1))
+    raise TypeError(
+        f"the policy supports Discrete, MultiDiscrete and Box action spaces, got {type(space).__name__}"
+    )
+
+
+class Encoder(nn.Module):
+    """Observation -> features: ``input`` layer then ``num_layers - 1`` hidden layers (GELU)."""
+
+    def __init__(self, obs_size: int, hidden_size: int, num_layers: int, obs_scale: float) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"policy.num_layers must be at least 1, got {num_layers}")
+        self.obs_scale = obs_scale
+        self.input = nn.Linear(obs_size, hidden_size)
+        self.hidden = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers - 1))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.to(self.input.weight.dtype)
+        if self.obs_scale != 1.0:
+            x = x * self.obs_scale
+        x = F.gelu(self.input(x))
+        for layer in self.hidden:
+            x = F.gelu(layer(x))
+        return x
+
+
+class Policy(nn.Module):
+    """Actor-critic network for a flat observation and a Discrete/MultiDiscrete/Box action."""
+
+    def __init__(
+        self,
+        observation_space: gymnasium.spaces.Box,
+        action_space: gymnasium.Space,
+        hidden_size: int = 128,
+        lstm: bool = True,
+        num_layers: int = 1,
+    ) -> None:
+        super().__init__()
+        if not isinstance(observation_space, gymnasium.spaces.Box):
+            raise TypeError(f"the policy expects a Box observation space, got {type(observation_space).__name__}")
+        self.obs_size = int(np.prod(observation_space.shape))
+        # uint8 observations (pixels, grids) arrive as 0..255; scaling keeps activations O(1).
+        obs_scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
+        self.spec = action_spec(action_space)
+        self.hidden_size = hidden_size
+        self.use_lstm = lstm
+        self.encoder = Encoder(self.obs_size, hidden_size, num_layers, obs_scale)
+        self.lstm = nn.LSTM(hidden_size, hidden_size) if lstm else None
+        self.actor = nn.Linear(hidden_size, self.spec.logits_size)
+        self.critic = nn.Linear(hidden_size, 1)
+        if self.spec.kind == "continuous":
+            self.log_std = nn.Parameter(torch.zeros(self.spec.dims))
+        else:
+            self.register_parameter("log_std", None)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for layer in [self.encoder.input, *self.encoder.hidden]:
+            nn.init.orthogonal_(layer.weight, math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+        if self.lstm is not None:
+            for name, param in self.lstm.named_parameters():
+                if "weight" in name:
+                    nn.init.orthogonal_(param)
+                else:
+                    nn.init.zeros_(param)
+        # Small actor init keeps the first policy near uniform (high entropy).
+        nn.init.orthogonal_(self.actor.weight, 0.01)
+        nn.init.zeros_(self.actor.bias)
+        nn.init.orthogonal_(self.critic.weight, 1.0)
+        nn.init.zeros_(self.critic.bias)
+
+    # ---- parameter roles (optimizers, muP) ----
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Named parameters by role: "input", "hidden" (2-D hidden matrices), "output" (heads),
+        "other" (biases and log-std)."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"input": [], "hidden": [], "output": [], "other": []}
+        for name, param in self.named_parameters():
+            if param.ndim < 2:
+                groups["other"].append((name, param))
+            elif name.startswith("encoder.input"):
+                groups["input"].append((name, param))
+            elif name.startswith(("actor.", "critic.")):
+                groups["output"].append((name, param))
+            else:
+                groups["hidden"].append((name, param))
+        return groups
+
+    # ---- recurrent state ----
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero (h, c) for `batch` agents; empty tensors when the policy has no LSTM."""
+        size = self.hidden_size if self.use_lstm else 0
+        return (torch.zeros(batch, size, device=device), torch.zeros(batch, size, device=device))
+
+    def _cell(
+        self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # One LSTM step with the weights of self.lstm, computed exactly as in _lstm_sequence so
+        # that rollout and training agree.
+        lstm = self.lstm
+        gates = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        return _lstm_update(gates + F.linear(h.to(gates.dtype), lstm.weight_hh_l0), c)
+
+    # ---- forward passes ----
+
+    def step(
+        self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One step for a batch of agents: (logits or mean, value [B], new state)."""
+        x = self.encoder(obs)
+        if self.use_lstm:
+            h, c = self._cell(x, *state)
+            state = (h, c)
+            x = h
+        return self.actor(x), self.critic(x).squeeze(-1), state
+
+    def forward_sequence(
+        self,
+        obs: torch.Tensor,
+        starts: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segments ``obs [B, T, ...]`` -> (logits [B, T, K], values [B, T]).
+
+        ``starts [B, T]`` is 1 where an observation begins a new episode: the LSTM state is
+        zeroed before that step. ``state`` is each segment's state before its first step
+        (zeros when None); a start flag at t=0 zeroes it too.
+        """
+        batch, horizon = obs.shape[:2]
+        x = self.encoder(obs.reshape(batch * horizon, -1))
+        if self.use_lstm:
+            x = self._lstm_sequence(x.view(batch, horizon, -1), starts, state)
+            x = x.reshape(batch * horizon, -1)
+        logits = self.actor(x).view(batch, horizon, -1)
+        values = self.critic(x).view(batch, horizon)
+        return logits, values
+
+    def _lstm_sequence(
+        self, x: torch.Tensor, starts: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        batch, horizon, hidden = x.shape
+        lstm = self.lstm
+        if state is None:
+            h = x.new_zeros(batch, hidden, dtype=torch.float32)
+            c = x.new_zeros(batch, hidden, dtype=torch.float32)
+        else:
+            h, c = state[0].float(), state[1].float()
+        # The input projection of every step is one large matmul; only the recurrent part loops.
+        gates_x = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        keep = (1.0 - starts.float()).unsqueeze(-1)
+        w_hh = lstm.weight_hh_l0
+        outputs = []
+        for t in range(horizon):
+            h = h * keep[:, t]
+            c = c * keep[:, t]
+            h, c = _lstm_update(gates_x[:, t] + F.linear(h.to(gates_x.dtype), w_hh), c)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
+    def value(self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Value of `obs` given the agents' state, without advancing any state."""
+        return self.step(obs, state)[1]
+
+
+def _lstm_update(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # The cell state is kept in float32 even under bfloat16 autocast: it integrates over the
+    # whole episode and low precision there drifts.
+    i, f, g, o = gates.float().chunk(4, dim=1)
+    c = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+# ---- action distributions (hand-written: torch.distributions' checks cost more than the math) ----
+
+
+def sample_actions(
+    policy: Policy, logits: torch.Tensor, deterministic: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(actions [B, dims], log-probabilities [B]) from head outputs [B, K]."""
+    spec = policy.spec
+    logits = logits.float()
+    if spec.kind == "continuous":
+        mean = logits
+        if deterministic:
+            actions = mean
+        else:
+            actions = mean + torch.randn_like(mean) * policy.log_std.float().exp()
+        return actions, gaussian_log_prob(policy, mean, actions)
+    if len(spec.nvec) == 1:
+        log_p = torch.log_softmax(logits, dim=-1)
+        if deterministic:
+            actions = log_p.argmax(dim=-1, keepdim=True)
+        else:
+            actions = torch.multinomial(log_p.exp(), 1)
+        return actions, log_p.gather(-1, actions).squeeze(-1)
+    actions_list, log_prob = [], 0.0
+    for part in logits.split(spec.nvec, dim=-1):
+        log_p = torch.log_softmax(part, dim=-1)
+        a = log_p.argmax(dim=-1, keepdim=True) if deterministic else torch.multinomial(log_p.exp(), 1)
+        actions_list.append(a)
+        log_prob = log_prob + log_p.gather(-1, a).squeeze(-1)
+    return torch.cat(actions_list, dim=-1), log_prob
+
+
+def gaussian_log_prob(policy: Policy, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    log_std = policy.log_std.float()
+    z = (actions - mean) / log_std.exp()
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def evaluate_actions(
+    policy: Policy, logits: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities, entropies) of `actions [..., dims]` under head outputs [..., K]."""
+    spec = policy.spec
+    logits = logits.float()
+    if spec.kind == "continuous":
+        log_prob = gaussian_log_prob(policy, logits, actions)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + policy.log_std.float()).sum().expand_as(log_prob)
+        return log_prob, entropy
+    log_prob, entropy = 0.0, 0.0
+    for d, part in enumerate(logits.split(spec.nvec, dim=-1)):
+        log_p = torch.log_softmax(part, dim=-1)
+        log_prob = log_prob + log_p.gather(-1, actions[..., d : d + 1].long()).squeeze(-1)
+        entropy = entropy - (log_p.exp() * log_p).sum(-1)
+    return log_prob, entropy
+
+
+def make_policy(observation_space: gymnasium.Space, action_space: gymnasium.Space, policy_cfg) -> Policy:
+    """Build the policy a `PolicyConfig` describes."""
+    return Policy(
+        observation_space,
+        action_space,
+        hidden_size=policy_cfg.hidden_size,
+        lstm=policy_cfg.lstm,
+        num_layers=policy_cfg.num_layers,
+    )

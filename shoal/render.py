@@ -1,0 +1,363 @@
+"""Showing env frames: ANSI text redrawn in a terminal, or drawn into an animated GIF.
+
+Native envs render env 0 as text with ANSI colour codes (SGR sequences). For a GIF each frame
+is parsed into a grid of character cells with foreground/background colours and drawn with a
+monospace font onto a palette image, so frames are small and quick to write.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+RGB = tuple[int, int, int]
+
+# Any CSI escape sequence; only SGR ("...m") changes how text looks, the rest is dropped.
+CSI = re.compile(r"\x1b\[([0-9;?]*)([@-~])")
+OTHER_ESCAPE = re.compile(r"\x1b[^\[]")
+
+# The 16 standard terminal colours (a common xterm-like palette).
+BASE_COLORS: list[RGB] = [
+    (0, 0, 0), (205, 49, 49), (13, 188, 121), (229, 229, 16),
+    (36, 114, 200), (188, 63, 188), (17, 168, 205), (229, 229, 229),
+    (102, 102, 102), (241, 76, 76), (35, 209, 139), (245, 245, 67),
+    (59, 142, 234), (214, 112, 214), (41, 184, 219), (255, 255, 255),
+]  # fmt: skip
+DEFAULT_FG: RGB = (220, 220, 220)
+DEFAULT_BG: RGB = (14, 14, 18)
+
+MONOSPACE_FONTS = (
+    "DejaVuSansMono.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
+    "LiberationMono-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationMono-Regular.ttf",
+    "Menlo.ttc",
+    "/System/Library/Fonts/Menlo.ttc",
+    "consola.ttf",
+    "cour.ttf",
+)
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write `data` to a temp file beside `path`, then rename it over `path`: readers never see
+    half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def color_256(index: int) -> RGB:
+    """xterm 256-colour index -> RGB."""
+    if index < 16:
+        return BASE_COLORS[index]
+    if index < 232:
+        index -= 16
+        levels = (0, 95, 135, 175, 215, 255)
+        return levels[index // 36], levels[(index // 6) % 6], levels[index % 6]
+    gray = 8 + 10 * (index - 232)
+    return gray, gray, gray
+
+
+@dataclass(frozen=True)
+class Style:
+    fg: RGB | None = None  # None = the default colour
+    bg: RGB | None = None
+    bold: bool = False
+    reverse: bool = False
+
+    def colors(self) -> tuple[RGB, RGB]:
+        fg = self.fg or DEFAULT_FG
+        bg = self.bg or DEFAULT_BG
+        if self.bold and self.fg in BASE_COLORS[:8]:
+            # Terminals show bold standard colours in their bright variants.
+            fg = BASE_COLORS[BASE_COLORS.index(self.fg) + 8]
+        return (bg, fg) if self.reverse else (fg, bg)
+
+
+def _apply_sgr(style: Style, params: str) -> Style:
+    codes = [int(c) if c else 0 for c in params.split(";")] if params else [0]
+    fg, bg, bold, reverse = style.fg, style.bg, style.bold, style.reverse
+    i = 0
+    while i < len(codes):
+        code = codes[i]
+        if code == 0:
+            fg, bg, bold, reverse = None, None, False, False
+        elif code == 1:
+            bold = True
+        elif code == 22:
+            bold = False
+        elif code == 7:
+            reverse = True
+        elif code == 27:
+            reverse = False
+        elif 30 <= code <= 37:
+            fg = BASE_COLORS[code - 30]
+        elif 90 <= code <= 97:
+            fg = BASE_COLORS[code - 90 + 8]
+        elif 40 <= code <= 47:
+            bg = BASE_COLORS[code - 40]
+        elif 100 <= code <= 107:
+            bg = BASE_COLORS[code - 100 + 8]
+        elif code == 39:
+            fg = None
+        elif code == 49:
+            bg = None
+        elif code in (38, 48):
+            color: RGB | None = None
+            if i + 2 < len(codes) and codes[i + 1] == 5:
+                color = color_256(codes[i + 2] % 256)
+                i += 2
+            elif i + 1 < len(codes) and codes[i + 1] == 2 and i + 4 < len(codes):
+                r, g, b = (min(max(c, 0), 255) for c in codes[i + 2 : i + 5])
+                color = (r, g, b)
+                i += 4
+            if code == 38:
+                fg = color
+            else:
+                bg = color
+        i += 1
+    return Style(fg, bg, bold, reverse)
+
+
+def parse_ansi(text: str) -> list[list[tuple[str, Style]]]:
+    """ANSI text -> rows of (character, style) cells. Tabs become spaces to the next multiple of 8."""
+    text = OTHER_ESCAPE.sub("", text.replace("\r\n", "\n"))
+    rows: list[list[tuple[str, Style]]] = [[]]
+    style = Style()
+    pos = 0
+    for match in CSI.finditer(text + "\x1b[0m"):
+        _append_text(rows, text[pos : match.start()], style)
+        if match.group(2) == "m":
+            style = _apply_sgr(style, match.group(1))
+        pos = match.end()
+    _append_text(rows, text[pos:], style)
+    while rows and not rows[-1]:
+        rows.pop()
+    return rows
+
+
+def _append_text(rows: list[list[tuple[str, Style]]], chunk: str, style: Style) -> None:
+    for char in chunk:
+        if char == "\n":
+            rows.append([])
+        elif char == "\t":
+            rows[-1].extend((" ", style) for _ in range(8 - len(rows[-1]) % 8))
+        elif char == "\r":
+            continue
+        elif char.isprintable():
+            rows[-1].append((char, style))
+
+
+def strip_ansi(text: str) -> str:
+    return "\n".join("".join(c for c, _ in row) for row in parse_ansi(text))
+
+
+def load_monospace_font(size: int = 16) -> Any:
+    """A monospace TrueType font if the system has one, else Pillow's built-in font."""
+    from PIL import ImageFont
+
+    for name in MONOSPACE_FONTS:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size)
+
+
+class GifWriter:
+    """Collects text (or RGB array) frames and writes them as one animated GIF.
+
+    Text frames share one palette (the colours they use, up to 256) and are drawn without
+    anti-aliasing, so a frame is a few hundred bytes of LZW instead of a quantized photo.
+    """
+
+    def __init__(self, font_size: int = 16) -> None:
+        self.frames: list[Any] = []
+        self.font_size = font_size
+
+    def add(self, frame: Any) -> None:
+        self.frames.append(frame)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def write(self, path: str | Path, fps: float = 15.0) -> Path:
+        if not self.frames:
+            raise ValueError("no frames to write: play at least one step before writing a GIF")
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        images = self._images()
+        duration = max(int(round(1000 / fps)), 20)
+        buffer = io.BytesIO()
+        images[0].save(
+            buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
+        )
+        return write_atomic(path, buffer.getvalue())
+
+    def _images(self) -> list[Any]:
+        from PIL import Image
+
+        if all(isinstance(frame, str) for frame in self.frames):
+            return self._text_images_of(self.frames)
+        # Pixel frames (e.g. a Gymnasium env's rgb_array render) or a mix: let Pillow quantize.
+        images = []
+        for frame in self.frames:
+            if isinstance(frame, str):
+                images.append(self._text_images_of([frame])[0].convert("RGB"))
+            else:
+                images.append(Image.fromarray(_as_uint8_rgb(frame)))
+        return images
+
+    def _text_images_of(self, frames: Sequence[str]) -> list[Any]:
+        from PIL import Image, ImageDraw
+
+        font = load_monospace_font(self.font_size)
+        cell_w = max(int(round(font.getlength("M"))), 1)
+        ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (self.font_size, 0)
+        cell_h = max(ascent + descent, 1)
+        monospace = font.getlength("i") == font.getlength("M")
+        grids = [parse_ansi(frame) for frame in frames]
+        cols = max((len(row) for grid in grids for row in grid), default=1) or 1
+        rows = max((len(grid) for grid in grids), default=1) or 1
+        pad = cell_w // 2
+        size = (cols * cell_w + 2 * pad, rows * cell_h + 2 * pad)
+
+        palette = _Palette()
+        background = palette.index(DEFAULT_BG)
+        images = []
+        for grid in grids:
+            image = Image.new("P", size, background)
+            draw = ImageDraw.Draw(image)
+            draw.fontmode = "1"  # no anti-aliasing: only palette colours appear
+            for r, row in enumerate(grid):
+                y = pad + r * cell_h
+                for start, end, style in _runs(row):
+                    fg, bg = style.colors()
+                    x0, x1 = pad + start * cell_w, pad + end * cell_w
+                    if bg != DEFAULT_BG:
+                        draw.rectangle((x0, y, x1 - 1, y + cell_h - 1), fill=palette.index(bg))
+                    chars = "".join(c for c, _ in row[start:end])
+                    fill = palette.index(fg)
+                    if monospace and not any(c in BLOCKS for c in chars):
+                        if chars.strip():
+                            draw.text((x0, y), chars, font=font, fill=fill)
+                        continue
+                    for k, char in enumerate(chars):
+                        cx = x0 + k * cell_w
+                        if char in BLOCKS:
+                            top, bottom = BLOCKS[char]
+                            y_top = y + int(top * cell_h)
+                            y_bottom = y + int(bottom * cell_h) - 1
+                            draw.rectangle((cx, y_top, cx + cell_w - 1, y_bottom), fill=fill)
+                        elif char != " ":
+                            draw.text((cx, y), char, font=font, fill=fill)
+            images.append(image)
+        # Every frame gets the final palette, which holds every colour any frame used.
+        flat = palette.flat()
+        for image in images:
+            image.putpalette(flat)
+        return images
+
+
+# Block characters drawn as exact rectangles (fraction of the cell from top to bottom), so
+# adjacent blocks tile without the gaps a font's glyphs leave.
+BLOCKS = {"█": (0.0, 1.0), "▀": (0.0, 0.5), "▄": (0.5, 1.0)}
+
+
+def _runs(row: list[tuple[str, Style]]) -> list[tuple[int, int, Style]]:
+    runs: list[tuple[int, int, Style]] = []
+    start = 0
+    for i in range(1, len(row) + 1):
+        if i == len(row) or row[i][1] != row[start][1]:
+            runs.append((start, i, row[start][1]))
+            start = i
+    return runs
+
+
+class _Palette:
+    def __init__(self) -> None:
+        self.colors: list[RGB] = []
+        self.lookup: dict[RGB, int] = {}
+
+    def index(self, color: RGB) -> int:
+        found = self.lookup.get(color)
+        if found is not None:
+            return found
+        if len(self.colors) < 256:
+            self.lookup[color] = len(self.colors)
+            self.colors.append(color)
+            return self.lookup[color]
+
+        # Palette full (many true colours): reuse the nearest colour already in it.
+        def distance(i: int) -> int:
+            return sum((a - b) ** 2 for a, b in zip(self.colors[i], color, strict=True))
+
+        nearest = min(range(256), key=distance)
+        self.lookup[color] = nearest
+        return nearest
+
+    def flat(self) -> list[int]:
+        flat = [channel for color in self.colors for channel in color]
+        return flat + [0] * (768 - len(flat))
+
+
+def _as_uint8_rgb(frame: Any) -> Any:
+    import numpy as np
+
+    array = np.asarray(frame)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"a pixel frame must be [height, width, 3 or 4], got shape {array.shape}")
+    if array.dtype != np.uint8:
+        scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
+        array = np.clip(array * scale, 0, 255).astype(np.uint8)
+    return array[..., :3]
+
+
+class TerminalPlayer:
+    """Redraws text frames in place on a terminal (cursor moved back up over the last frame)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.lines = 0
+
+    def show(self, frame: str, status: str = "") -> None:
+        text = frame.rstrip("\n")
+        if status:
+            text += "\n" + status
+        out = ["\x1b[?25l"]  # hide the cursor while frames play
+        if self.lines:
+            out.append(f"\x1b[{self.lines}F")  # to the start of the previous frame's first line
+        # Clearing each line's tail and everything below removes leftovers of a larger frame.
+        out.append("\x1b[K\n".join(text.split("\n")) + "\x1b[0m\x1b[K\n\x1b[J")
+        self.stream.write("".join(out))
+        self.stream.flush()
+        self.lines = text.count("\n") + 1
+
+    def detach(self) -> None:
+        """Leave the last frame on screen; the next one is drawn below it (after other output)."""
+        self.lines = 0
+
+    def close(self) -> None:
+        self.stream.write("\x1b[?25h")
+        self.stream.flush()

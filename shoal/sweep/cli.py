@@ -1,0 +1,148 @@
+"""`shoal sweep ENV --name NAME --trials K [options] [--section.key VALUE ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import optuna
+from rich.console import Console
+
+from shoal.config import ConfigError, load_config
+from shoal.sweep.progress import LiveProgress, front_table
+from shoal.sweep.runner import SweepError, SweepSettings, run_sweep
+from shoal.sweep.sampler import SAMPLERS
+from shoal.sweep.space import space_from_config
+from shoal.sweep.storage import STALE_AFTER_SECONDS
+
+
+def _margin(text: str) -> float | None:
+    if text.lower() in ("off", "none", "no", "false"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoal sweep",
+        description="Cost-aware hyperparameter sweep: traces the front of score vs wall-clock cost.",
+        epilog="Any other --section.key VALUE flag sets the base config (e.g. --train.batch-size 65536).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("env", help="environment name (as for shoal train)")
+    parser.add_argument("--name", required=True, help="sweep name: the Optuna study, and sweeps/NAME.journal")
+    parser.add_argument("--trials", type=int, required=True, help="run until this many trials have finished")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes sharing the storage")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="journal file path or RDB URL (postgresql://...); default sweeps/NAME.journal",
+    )
+    parser.add_argument("--sampler", choices=SAMPLERS, default="pareto", help="default: pareto (cost-aware)")
+    parser.add_argument(
+        "--max-cost", type=float, default=None, metavar="SECONDS", help="cap on one run's wall-clock seconds"
+    )
+    parser.add_argument(
+        "--config", default=None, metavar="FILE", help="extra TOML config (may hold [sweep.*])"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="sampler seed (worker i uses seed + i)")
+    parser.add_argument(
+        "--early-stop",
+        type=_margin,
+        default=0.25,
+        metavar="MARGIN|off",
+        help="stop runs trailing the front at equal cost by MARGIN x the score range (default 0.25)",
+    )
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=STALE_AFTER_SECONDS,
+        metavar="SECONDS",
+        help="a running trial whose worker has not checked in for this long is re-queued",
+    )
+    parser.add_argument(
+        "--max-failures", type=int, default=None, help="give up after this many failed trials"
+    )
+    parser.add_argument("--sweep-dir", default="sweeps", help="folder of journal files and worker logs")
+    parser.add_argument(
+        "--train-fn",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="train function (default shoal.train.train)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no live view; only the final table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:
+        argv = argv[1:]
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        base = load_config(args.env, overrides, args.config)
+        space = space_from_config(base)
+        space.check_against(base)
+        settings = SweepSettings(
+            env=args.env,
+            name=args.name,
+            trials=args.trials,
+            workers=args.workers,
+            storage=args.storage,
+            sampler=args.sampler,
+            max_cost=args.max_cost,
+            seed=args.seed,
+            early_stop_margin=args.early_stop,
+            stale_after=args.stale_after,
+            max_failures=args.max_failures,
+            sweep_dir=args.sweep_dir,
+            train_fn=args.train_fn,
+        )
+    except (ConfigError, SweepError, ValueError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        return 2
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    console.print(
+        f"sweep [bold]{settings.name}[/bold] on {settings.env}: {len(space)} parameters, "
+        f"sampler {settings.sampler}, storage {settings.url}"
+    )
+    try:
+        if args.quiet:
+            result = run_sweep(settings, base)
+        else:
+            with LiveProgress(settings.name, settings.trials, settings.workers, console) as live:
+                result = run_sweep(settings, base, on_tick=live.tick)
+                live.tick(optuna.load_study(study_name=settings.name, storage=_storage(settings)), force=True)
+    except (SweepError, ConfigError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted: run the same command again to resume the sweep")
+        return 130
+    study = optuna.load_study(study_name=settings.name, storage=_storage(settings))
+    console.print(front_table(study.get_trials(deepcopy=False)))
+    c = result.counts
+    console.print(
+        f"{c['complete']} complete, {c['pruned']} stopped early, {c['failed']} failed "
+        f"({c['requeued']} re-queued). Browse it with: optuna-dashboard {settings.url}"
+    )
+    return 0
+
+
+def _storage(settings: SweepSettings) -> optuna.storages.BaseStorage:
+    from shoal.sweep.storage import open_storage
+
+    return open_storage(settings.url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The cost-aware Pareto sampler, and the Optuna samplers offered as alternatives.
+
+The sampler traces the whole (cost, score) front instead of chasing one best score: each
+suggestion draws a target cost, then picks the configuration predicted to score best at
+about that cost. Two Gaussian processes over the unit parameter coordinates model score and
+log-cost; intermediate points of each run's curve count as observations of shorter runs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+from scipy.stats import qmc
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import ConstantKernel, Kernel, Matern, WhiteKernel
+
+from shoal.sweep.pareto import Observations, collect_observations, pareto_front
+from shoal.sweep.space import COST_KEY, SearchSpace
+
+SAMPLERS = ("pareto", "random", "tpe", "gp")
+
+
+class _Model:
+    """A GP on standardized targets that keeps its fitted kernel as the next fit's start."""
+
+    def __init__(self, dims: int, seed: int):
+        self.kernel: Kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
+            length_scale=np.full(dims, 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
+        ) + WhiteKernel(0.05, (1e-5, 1.0))
+        self.seed = seed
+        self.gp: GaussianProcessRegressor | None = None
+        self.mean = 0.0
+        self.std = 1.0
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.mean = float(y.mean())
+        self.std = float(y.std()) or 1.0
+        gp = GaussianProcessRegressor(self.kernel, normalize_y=False, random_state=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(x, (y - self.mean) / self.std)
+        self.kernel = gp.kernel_
+        self.gp = gp
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert self.gp is not None
+        mu, sd = self.gp.predict(x, return_std=True)
+        return mu * self.std + self.mean, sd * self.std
+
+
+class ParetoSampler(BaseSampler):
+    """Cost-aware sampler over a SearchSpace (values = [score, cost_seconds]).
+
+    Args:
+        space: the search space; every suggestion covers all of it (relative sampling).
+        seed: seeds the quasi-random start and all draws.
+        n_startup: the first trials are a scrambled Sobol sequence (trial 0: the `center`).
+        cost_key: the run-length key; start-up trials keep it in the cheapest `startup_cost`
+            fraction of its range, and curve points are observations at shorter lengths.
+        center: values tried first (the base config), clipped into the space.
+        max_cost: never aim for runs predicted to cost more than this many seconds.
+        num_candidates: candidate configurations scored per suggestion.
+        random_fraction: share of candidates drawn uniformly instead of perturbing the front.
+        perturb_scale: standard deviation of perturbations, in unit coordinates (per-key
+            `scale` overrides it).
+        ucb_beta: how much predicted uncertainty counts (score mean + beta * std).
+        max_observations: cap on GP training points (final results are always kept).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        seed: int | None = None,
+        n_startup: int = 8,
+        cost_key: str | None = COST_KEY,
+        startup_cost: float = 0.3,
+        center: dict[str, Any] | None = None,
+        max_cost: float | None = None,
+        num_candidates: int = 512,
+        random_fraction: float = 0.2,
+        perturb_scale: float = 0.1,
+        ucb_beta: float = 1.0,
+        max_observations: int = 400,
+    ):
+        self.space = space
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+        self.n_startup = n_startup
+        self.cost_key = cost_key if cost_key in space else None
+        self.startup_cost = startup_cost
+        self.center = center
+        self.max_cost = max_cost
+        self.num_candidates = num_candidates
+        self.random_fraction = random_fraction
+        self.scales = np.array([p.scale or perturb_scale for p in space.params])
+        self.ucb_beta = ucb_beta
+        self.max_observations = max_observations
+        self._rng = np.random.default_rng(self.seed)
+        self._score_model = _Model(len(space), self.seed)
+        self._cost_model = _Model(len(space), self.seed)
+        self._fallback = optuna.samplers.RandomSampler(seed=self.seed)
+        # For tests and logs: why the last suggestion was made.
+        self.last_info: dict[str, Any] = {}
+
+    def reseed_rng(self) -> None:
+        self._rng = np.random.default_rng()
+        self._fallback.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self.space.distributions()
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        # Only reached for parameters outside the space (e.g. suggested by hand).
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        # Re-queued trials carry their parameters already.
+        if trial.system_attrs.get("fixed_params"):
+            return {}
+        trials = study.get_trials(deepcopy=False)
+        obs = collect_observations(trials, self.space, self.cost_key)
+        if trial.number < self.n_startup or int(obs.final.sum()) < 3 or len(obs) < 5:
+            unit = self.startup_point(trial.number)
+            self.last_info = {"kind": "startup"}
+        else:
+            unit = self.suggest_unit(obs)
+        values = self.space.from_unit(unit)
+        return {k: v for k, v in values.items() if k in search_space}
+
+    def startup_point(self, index: int) -> np.ndarray:
+        """Trial 0: the center; then scrambled Sobol points with cheap run lengths."""
+        if index == 0 and self.center is not None:
+            unit = np.array(
+                [
+                    p.to_unit(p.mean if p.mean is not None else self.center.get(p.key, p.from_unit(0.5)))
+                    for p in self.space.params
+                ]
+            )
+            unit = np.clip(unit, 0.0, 1.0)
+        else:
+            sobol = qmc.Sobol(len(self.space), scramble=True, seed=self.seed)
+            count = 1 << max(1, math.ceil(math.log2(index + 1)))
+            unit = sobol.random(count)[index % count]
+        if self.cost_key is not None:
+            i = self.space.keys.index(self.cost_key)
+            unit = unit.copy()
+            unit[i] = unit[i] * self.startup_cost
+        return unit
+
+    def _subsample(self, obs: Observations) -> np.ndarray:
+        idx = np.arange(len(obs))
+        if len(idx) <= self.max_observations:
+            return idx
+        finals = idx[obs.final]
+        rest = idx[~obs.final]
+        room = max(self.max_observations - len(finals), 0)
+        keep = self._rng.choice(rest, size=min(room, len(rest)), replace=False)
+        chosen = np.concatenate([finals, keep])
+        return chosen[-self.max_observations :] if len(chosen) > self.max_observations else chosen
+
+    def candidates(self, obs: Observations, front: Sequence[int]) -> np.ndarray:
+        """Perturbations of front points, plus uniform random points."""
+        dims = len(self.space)
+        n_random = int(round(self.num_candidates * self.random_fraction))
+        n_perturb = self.num_candidates - n_random
+        parents = obs.x[self._rng.choice(np.asarray(front), size=n_perturb)]
+        # Varying the perturbation size per candidate mixes local refinement with longer jumps.
+        size = self._rng.choice([0.5, 1.0, 2.0], size=(n_perturb, 1))
+        perturbed = parents + self._rng.normal(size=(n_perturb, dims)) * self.scales * size
+        uniform = self._rng.random((n_random, dims))
+        return np.clip(np.concatenate([perturbed, uniform]), 0.0, 1.0)
+
+    def suggest_unit(self, obs: Observations) -> np.ndarray:
+        """One suggestion in unit coordinates from the observations so far."""
+        idx = self._subsample(obs)
+        x, log_cost, score = obs.x[idx], np.log(obs.cost[idx]), obs.score[idx]
+        self._score_model.fit(x, score)
+        self._cost_model.fit(x, log_cost)
+
+        front = pareto_front(list(obs.cost), list(obs.score))
+        cands = self.candidates(obs, front)
+        mu, sd = self._score_model.predict(cands)
+        pred_cost, _ = self._cost_model.predict(cands)
+
+        lo, hi = float(np.log(obs.cost).min()), float(np.log(obs.cost).max())
+        # Aim a little past both ends of what has been seen, so the front keeps extending.
+        span = max(hi - lo, math.log(2.0))
+        lo_t, hi_t = lo - 0.1 * span, hi + 0.1 * span
+        if self.max_cost is not None:
+            hi_t = min(hi_t, math.log(self.max_cost))
+            lo_t = min(lo_t, hi_t)
+        target = float(self._rng.uniform(lo_t, hi_t))
+        distance = np.abs(pred_cost - target)
+        tolerance = 0.05 * span
+        near = distance <= tolerance
+        # Too few candidates predicted near the target: take the nearest few percent.
+        min_near = max(4, len(cands) // 20)
+        if near.sum() < min_near:
+            near = distance <= np.sort(distance)[min_near - 1]
+        if self.max_cost is not None:
+            affordable = pred_cost <= math.log(self.max_cost)
+            if (near & affordable).any():
+                near &= affordable
+        ucb = mu + self.ucb_beta * sd
+        ucb[~near] = -np.inf
+        best = int(np.argmax(ucb))
+        self.last_info = {
+            "kind": "pareto",
+            "target_cost": math.exp(target),
+            "predicted_cost": float(math.exp(pred_cost[best])),
+            "predicted_score": float(mu[best]),
+            "front_size": len(front),
+            "observations": len(obs),
+        }
+        return cands[best]
+
+
+def make_sampler(
+    name: str,
+    space: SearchSpace,
+    seed: int | None = None,
+    center: dict[str, Any] | None = None,
+    max_cost: float | None = None,
+    n_startup: int = 8,
+) -> BaseSampler:
+    """'pareto' (cost-aware, default) or Optuna's 'random', 'tpe', 'gp' in multi-objective mode."""
+    if name == "pareto":
+        return ParetoSampler(space, seed=seed, center=center, max_cost=max_cost, n_startup=n_startup)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=n_startup, multivariate=True, constant_liar=True
+        )
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+    raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+
+
+def finished_states() -> tuple[TrialState, ...]:
+    """Trial states that count towards a sweep's --trials (early-stopped runs are finished runs)."""
+    return (TrialState.COMPLETE, TrialState.PRUNED)

@@ -1,0 +1,191 @@
+"""Where sweeps live, and how trials of dead workers are found and re-queued.
+
+Default storage is one Optuna journal file per sweep, ``sweeps/<NAME>.journal``: appends are
+guarded by a lock file, so several local processes can share it. An RDB URL
+(``postgresql://...``, ``sqlite:///...``) lets workers on many machines join one sweep.
+
+A worker records who runs each trial (host, pid, process start time) and refreshes a heartbeat
+while it runs. A RUNNING trial is stale when its process is gone (same host) or its heartbeat
+is older than the grace period (any host); stale trials are marked FAIL (user attrs `error`,
+`stale`) and their parameters enqueued again, so a killed sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+SWEEP_DIR = "sweeps"
+WORKER_ATTR = "shoal:worker"
+HEARTBEAT_ATTR = "shoal:heartbeat"
+HEARTBEAT_SECONDS = 15.0
+STALE_AFTER_SECONDS = 300.0
+
+
+def default_journal_path(name: str, sweep_dir: str | Path = SWEEP_DIR) -> Path:
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"sweep name must be a plain file name (no '/'), got {name!r}")
+    return Path(sweep_dir) / f"{name}.journal"
+
+
+def storage_url(name: str, storage: str | None, sweep_dir: str | Path = SWEEP_DIR) -> str:
+    """The storage a sweep uses, as given to --storage (a journal path or an RDB URL)."""
+    return storage if storage else str(default_journal_path(name, sweep_dir))
+
+
+def open_storage(url: str) -> BaseStorage:
+    """An RDB URL (contains '://') or a path to a journal file (created with its folder)."""
+    if "://" in url:
+        url = _with_installed_driver(url)
+        if url.startswith(("postgresql", "mysql")):
+            # Workers on other machines may be slow to write; keep connections healthy.
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return RDBStorage(url)
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _with_installed_driver(url: str) -> str:
+    """'postgresql://' means psycopg (v3) to recent SQLAlchemy; use psycopg2 when only it is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    try:
+        importlib.import_module("psycopg")
+        return url
+    except ImportError:
+        pass
+    try:
+        importlib.import_module("psycopg2")
+    except ImportError:
+        raise ValueError(
+            f"storage {url} needs a PostgreSQL driver: pip install 'psycopg[binary]' or psycopg2-binary"
+        ) from None
+    return "postgresql+psycopg2://" + url[len("postgresql://") :]
+
+
+def _process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process (to tell a reused pid from the original)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Field 22, counted after the parenthesized command name (which may hold spaces).
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def worker_identity() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _process_start_time(pid)}
+
+
+def process_alive(identity: dict[str, Any]) -> bool | None:
+    """True/False for a process on this host; None when it runs elsewhere (can't tell)."""
+    if identity.get("host") != socket.gethostname():
+        return None
+    pid = identity.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    start = identity.get("start")
+    if start is not None and os.path.exists(f"/proc/{pid}"):
+        return _process_start_time(pid) == start
+    return True
+
+
+def is_stale(trial: FrozenTrial, now: float | None = None, stale_after: float = STALE_AFTER_SECONDS) -> bool:
+    """Whether a RUNNING trial's worker is dead."""
+    if trial.state != TrialState.RUNNING:
+        return False
+    identity = trial.system_attrs.get(WORKER_ATTR)
+    if isinstance(identity, dict):
+        alive = process_alive(identity)
+        if alive is not None:
+            return not alive
+    now = time.time() if now is None else now
+    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    if beat is None:
+        # Never claimed by a shoal worker: judge by its start time.
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        return now - started > stale_after
+    return now - float(beat) > stale_after
+
+
+def reap_stale_trials(study: optuna.Study, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
+    """Mark trials of dead workers FAIL and enqueue their parameters again; returns their numbers."""
+    storage = study._storage
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_stale(trial, stale_after=stale_after):
+            continue
+        identity = trial.system_attrs.get(WORKER_ATTR) or {}
+        who = f"{identity.get('host', '?')}:{identity.get('pid', '?')}"
+        try:
+            storage.set_trial_user_attr(
+                trial._trial_id, "error", f"worker {who} stopped while running this trial (re-queued)"
+            )
+            storage.set_trial_user_attr(trial._trial_id, "stale", True)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError):
+            # Another worker got there first (or the trial just finished).
+            continue
+        requeue(study, trial)
+        reaped.append(trial.number)
+    return reaped
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue a trial's parameters again (WAITING), remembering where they came from."""
+    if trial.params:
+        study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
+
+
+class Heartbeat:
+    """Refreshes a trial's heartbeat from a background thread while the trial runs."""
+
+    def __init__(self, storage: BaseStorage, trial_id: int, interval: float = HEARTBEAT_SECONDS):
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shoal-sweep-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except (UpdateFinishedTrialError, RuntimeError):
+                return
+            except Exception:
+                # A transient storage error must not kill the run; the next beat retries.
+                continue
+
+    def __enter__(self) -> Heartbeat:
+        self.storage.set_trial_system_attr(self.trial_id, WORKER_ATTR, worker_identity())
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)

@@ -1,0 +1,181 @@
+"""The PPO update over one epoch's buffer: minibatches of segments, V-trace, prioritized
+sampling, gradient accumulation, gradient clipping and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from shoal.policy import Policy, evaluate_actions
+from shoal.train.advantage import gae, vtrace_advantages
+from shoal.train.losses import normalize_advantages, ppo_loss
+from shoal.train.optim import Optimizers, lr_factor
+from shoal.train.rollout import RolloutBuffer
+
+LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """1 - Var[returns - values] / Var[returns] (NaN when the returns do not vary)."""
+    var = returns.float().var()
+    if var.item() == 0:
+        return float("nan")
+    return float(1.0 - (returns.float() - values.float()).var() / var)
+
+
+def prioritized_sample(
+    advantages: torch.Tensor, count: int, alpha: float, beta: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample `count` distinct segments with probability proportional to (sum_t |A|)^alpha.
+
+    Returns (indices, importance weights (N * P(i))^-beta) for ``advantages [segments, T]``.
+    """
+    num = advantages.shape[0]
+    priority = advantages.abs().sum(dim=1).pow(alpha)
+    priority = torch.nan_to_num(priority, nan=0.0, posinf=0.0)
+    total = priority.sum()
+    # All-zero priorities (e.g. no reward anywhere yet) fall back to uniform.
+    probs = priority / total if total > 0 else torch.full_like(priority, 1.0 / num)
+    # Segments with zero priority stay reachable so that multinomial always has enough of them.
+    probs = (probs + 1e-12) / (1.0 + num * 1e-12)
+    idx = torch.multinomial(probs, count, replacement=False, generator=generator)
+    weights = (num * probs[idx]).pow(-beta)
+    return idx, weights
+
+
+class Learner:
+    def __init__(
+        self,
+        policy: Policy,
+        optimizers: Optimizers,
+        buffer: RolloutBuffer,
+        train_cfg,
+        total_updates: int,
+        autocast=None,
+        forward_fn=None,
+    ) -> None:
+        cfg = train_cfg
+        self.policy, self.opt, self.buffer, self.cfg = policy, optimizers, buffer, cfg
+        self.total_updates = max(total_updates, 1)
+        self.autocast = autocast
+        self.forward_fn = forward_fn or policy.forward_sequence
+        horizon = buffer.horizon
+        if cfg.minibatch_size % horizon:
+            raise ValueError(
+                f"train.minibatch_size ({cfg.minibatch_size}) must be a multiple of "
+                f"train.bptt_horizon ({horizon})"
+            )
+        if cfg.max_minibatch_size < horizon:
+            raise ValueError(
+                f"train.max_minibatch_size ({cfg.max_minibatch_size}) must be at least "
+                f"train.bptt_horizon ({horizon})"
+            )
+        self.segments_per_minibatch = cfg.minibatch_size // horizon
+        if buffer.num_segments % self.segments_per_minibatch:
+            raise ValueError(
+                f"train.batch_size ({buffer.num_segments * horizon}) must be a multiple of "
+                f"train.minibatch_size ({cfg.minibatch_size})"
+            )
+        self.num_minibatches = buffer.num_segments // self.segments_per_minibatch
+        self.segments_per_chunk = max(1, cfg.max_minibatch_size // horizon)
+        self.update = 0  # optimizer steps taken, the schedule's position
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return self.autocast() if self.autocast is not None else contextlib.nullcontext()
+
+    def progress(self) -> float:
+        return min(self.update / self.total_updates, 1.0)
+
+    def current_lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def _advantages(self) -> torch.Tensor:
+        cfg, buf = self.cfg, self.buffer
+        if cfg.vtrace:
+            return vtrace_advantages(
+                buf.values, buf.rewards, buf.dones, buf.next_value, buf.ratio,
+                cfg.gamma, cfg.gae_lambda, cfg.vtrace_rho_clip, cfg.vtrace_c_clip,
+            )
+        return gae(buf.values, buf.rewards, buf.dones, buf.next_value, cfg.gamma, cfg.gae_lambda)
+
+    def learn(self) -> dict[str, float]:
+        """Run all update epochs over the buffer; return mean loss statistics."""
+        cfg, buf, policy = self.cfg, self.buffer, self.policy
+        buf.ratio.fill_(1.0)
+        advantages = self._advantages()
+        returns = advantages + buf.values
+        stats = {"explained_variance": explained_variance(buf.values, returns)}
+
+        seg = buf.segment_view
+        obs, actions = seg(buf.obs), seg(buf.actions)
+        old_log_probs, old_values = seg(buf.log_probs), seg(buf.values)
+        returns_seg = seg(returns)
+        starts = buf.segment_starts()
+        state_h = buf.state_h.view(buf.num_segments, -1)
+        state_c = buf.state_c.view(buf.num_segments, -1)
+        ratio_seg = seg(buf.ratio)
+        advantages_seg = seg(advantages)
+
+        totals = torch.zeros(len(LOSS_KEYS), device=buf.obs.device)
+        count = 0
+        per = self.segments_per_minibatch
+        for _ in range(cfg.update_epochs):
+            order = None if cfg.prio_alpha > 0 else torch.randperm(buf.num_segments, device=buf.obs.device)
+            for m in range(self.num_minibatches):
+                if cfg.vtrace and count > 0:
+                    # V-trace: targets and advantages follow the ratios of the latest updates.
+                    advantages = self._advantages()
+                    advantages_seg = seg(advantages)
+                    returns_seg = seg(advantages + buf.values)
+                weights = None
+                if cfg.prio_alpha > 0:
+                    beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * self.progress()
+                    idx, weights = prioritized_sample(advantages_seg, per, cfg.prio_alpha, beta)
+                else:
+                    idx = order[m * per : (m + 1) * per]
+                adv = advantages_seg[idx]
+                if weights is not None:
+                    adv = adv * weights.unsqueeze(1)
+                if cfg.norm_adv:
+                    adv = normalize_advantages(adv)
+                self.opt.set_lr_factor(
+                    lr_factor(self.progress(), cfg.lr_schedule, cfg.warmup_fraction, cfg.min_lr_ratio)
+                )
+                self.opt.zero_grad()
+                for lo in range(0, len(idx), self.segments_per_chunk):
+                    chunk = idx[lo : lo + self.segments_per_chunk]
+                    share = len(chunk) / len(idx)
+                    state = (state_h[chunk], state_c[chunk]) if policy.use_lstm else None
+                    with self._autocast():
+                        logits, values = self.forward_fn(obs[chunk], starts[chunk], state)
+                    new_log_prob, entropy = evaluate_actions(policy, logits, actions[chunk])
+                    terms = ppo_loss(
+                        new_log_prob, old_log_probs[chunk], adv[lo : lo + len(chunk)], values.float(),
+                        old_values[chunk], returns_seg[chunk], entropy,
+                        cfg.clip_coef, cfg.vf_clip_coef, cfg.vf_coef, cfg.ent_coef,
+                    )
+                    (terms.loss * share).backward()
+                    with torch.no_grad():
+                        totals += share * torch.stack(
+                            [terms.policy_loss, terms.value_loss, terms.entropy, terms.approx_kl,
+                             terms.clip_fraction]
+                        ).detach()
+                        if cfg.vtrace:
+                            ratio_seg[chunk] = terms.ratio.detach()
+                if cfg.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+                self.opt.step()
+                self.update += 1
+                count += 1
+        means = (totals / max(count, 1)).tolist()
+        stats.update(zip(LOSS_KEYS, means, strict=True))
+        if not all(math.isfinite(v) for v in means):
+            raise FloatingPointError(
+                f"training diverged: non-finite loss statistics {dict(zip(LOSS_KEYS, means, strict=True))}; "
+                "try a lower train.learning_rate or train.max_grad_norm"
+            )
+        return stats

@@ -1,0 +1,116 @@
+"""Optimizers (Adam, AdamW, Muon + Adam) and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(
+    progress: float, schedule: str, warmup_fraction: float = 0.0, min_lr_ratio: float = 0.0
+) -> float:
+    """Multiplier of the base learning rate at `progress` in [0, 1] of training.
+
+    Linear warmup from 0 over the first `warmup_fraction`, then `schedule` from 1 down to
+    `min_lr_ratio` (constant stays at 1).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup fraction must be in [0, 1), got {warmup_fraction}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"min lr ratio must be in [0, 1], got {min_lr_ratio}")
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup_fraction > 0 and progress < warmup_fraction:
+        return progress / warmup_fraction
+    if schedule == "constant":
+        return 1.0
+    decay = (progress - warmup_fraction) / (1.0 - warmup_fraction)
+    if schedule == "linear":
+        shape = 1.0 - decay
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * decay))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+class Optimizers:
+    """One or two torch optimizers stepped together, each param group with a `base_lr`.
+
+    The schedule sets ``lr = base_lr * factor`` on every group, so per-group learning-rate
+    multipliers (muP) survive scheduling: set a group's ``base_lr``.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group.setdefault("base_lr", group["lr"])
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def set_lr_factor(self, factor: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> list[dict]:
+        return [opt.state_dict() for opt in self.optimizers]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"checkpoint has {len(states)} optimizer states, expected {len(self.optimizers)}")
+        for opt, state in zip(self.optimizers, states, strict=True):
+            opt.load_state_dict(state)
+
+
+def make_optimizer(policy: nn.Module, train_cfg) -> Optimizers:
+    """Adam / AdamW over all parameters, or Muon for hidden 2-D matrices plus Adam for the rest.
+
+    `policy` must offer ``parameter_groups()`` (see shoal.policy.Policy) for Muon.
+    """
+    name = train_cfg.optimizer
+    lr = train_cfg.learning_rate
+    betas = (train_cfg.beta1, train_cfg.beta2)
+    if lr <= 0:
+        raise ValueError(f"train.learning_rate must be positive, got {lr}")
+    # foreach kernels batch the per-parameter updates: fewer launches for small models.
+    if name == "adam":
+        params = [p for p in policy.parameters() if p.requires_grad]
+        return Optimizers(
+            [torch.optim.Adam(params, lr=lr, betas=betas, eps=train_cfg.eps,
+                              weight_decay=train_cfg.weight_decay, foreach=True)]
+        )
+    if name == "adamw":
+        params = [p for p in policy.parameters() if p.requires_grad]
+        return Optimizers(
+            [torch.optim.AdamW(params, lr=lr, betas=betas, eps=train_cfg.eps,
+                               weight_decay=train_cfg.weight_decay, foreach=True)]
+        )
+    if name == "muon":
+        groups = policy.parameter_groups()
+        hidden = [p for _, p in groups["hidden"]]
+        rest = [p for key in ("input", "output", "other") for _, p in groups[key]]
+        opts: list[torch.optim.Optimizer] = []
+        if hidden:
+            # match_rms_adamw scales Muon's orthogonal update to AdamW's RMS, so one learning
+            # rate suits both halves.
+            opts.append(torch.optim.Muon(hidden, lr=lr, weight_decay=train_cfg.weight_decay,
+                                         momentum=train_cfg.muon_momentum, adjust_lr_fn="match_rms_adamw"))
+        adam_lr = lr * train_cfg.muon_adam_lr_ratio
+        opts.append(torch.optim.AdamW(rest, lr=adam_lr, betas=betas, eps=train_cfg.eps,
+                                      weight_decay=train_cfg.weight_decay, foreach=True))
+        return Optimizers(opts)
+    raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'muon', got {name!r}")

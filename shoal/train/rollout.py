@@ -1,0 +1,206 @@
+"""Collecting experience into a preallocated buffer.
+
+The buffer is agent-major, ``[agents, steps]``: each agent's steps of one epoch are contiguous,
+so ``[agents, segments, horizon]`` views it as ``agents * segments`` BPTT segments without a
+copy. Rollout writes one column per step with in-place copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import gymnasium
+import numpy as np
+import torch
+
+from shoal.policy import Policy, sample_actions
+
+
+@dataclass
+class PhaseTimes:
+    """Seconds spent per phase since the last reset."""
+
+    env: float = 0.0
+    inference: float = 0.0
+    copy: float = 0.0
+    learn: float = 0.0
+
+    def reset(self) -> None:
+        self.env = self.inference = self.copy = self.learn = 0.0
+
+
+def torch_dtype(np_dtype: np.dtype) -> torch.dtype:
+    return torch.uint8 if np.dtype(np_dtype) == np.uint8 else torch.float32
+
+
+class RolloutBuffer:
+    """One epoch of experience for `num_agents` agents times `steps` steps."""
+
+    def __init__(
+        self,
+        num_agents: int,
+        steps: int,
+        horizon: int,
+        obs_size: int,
+        obs_dtype: np.dtype,
+        action_dims: int,
+        continuous: bool,
+        state_size: int,
+        device: torch.device,
+    ) -> None:
+        if steps % horizon:
+            raise ValueError(f"steps per agent ({steps}) must be a multiple of train.bptt_horizon ({horizon})")
+        self.num_agents, self.steps, self.horizon = num_agents, steps, horizon
+        self.segments_per_agent = steps // horizon
+        self.num_segments = num_agents * self.segments_per_agent
+        a, s = num_agents, steps
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        self.obs = zeros(a, s, obs_size, dtype=torch_dtype(obs_dtype))
+        self.actions = zeros(a, s, action_dims, dtype=torch.float32 if continuous else torch.int64)
+        self.log_probs = zeros(a, s)
+        self.values = zeros(a, s)
+        self.rewards = zeros(a, s)
+        self.dones = zeros(a, s)
+        # Latest pi_new / pi_old per step, for V-trace; 1 until a minibatch trains on the step.
+        self.ratio = torch.ones(a, s, device=device)
+        # Recurrent state before each segment's first step.
+        self.state_h = zeros(a, self.segments_per_agent, state_size)
+        self.state_c = zeros(a, self.segments_per_agent, state_size)
+        self.next_value = zeros(a)
+
+    def segment_view(self, tensor: torch.Tensor) -> torch.Tensor:
+        """[agents, steps, ...] -> [segments, horizon, ...] (a view)."""
+        return tensor.view(self.num_segments, self.horizon, *tensor.shape[2:])
+
+    def segment_starts(self) -> torch.Tensor:
+        """[segments, horizon]: 1 where an observation begins a new episode inside a segment.
+
+        At t = 0 the stored segment state already had its reset applied, so it is 0 there.
+        """
+        starts = torch.zeros_like(self.dones)
+        starts[:, 1:] = self.dones[:, :-1]
+        starts = self.segment_view(starts)
+        starts[:, 0] = 0
+        return starts
+
+
+@dataclass
+class Collector:
+    """Steps the env with the policy and fills a RolloutBuffer; keeps the agents' state."""
+
+    env: object
+    policy: Policy
+    buffer: RolloutBuffer
+    device: torch.device
+    gamma: float
+    autocast: contextlib.AbstractContextManager | None = None
+    step_fn: object = None
+    times: PhaseTimes = field(default_factory=PhaseTimes)
+
+    def __post_init__(self) -> None:
+        env = self.env
+        n = env.num_agents
+        space = env.single_action_space
+        self.continuous = isinstance(space, gymnasium.spaces.Box)
+        if self.continuous:
+            self.actions_np = np.zeros((n, self.policy.spec.dims), dtype=np.float32)
+            self.low = torch.as_tensor(space.low.reshape(-1), dtype=torch.float32, device=self.device)
+            self.high = torch.as_tensor(space.high.reshape(-1), dtype=torch.float32, device=self.device)
+        elif isinstance(space, gymnasium.spaces.Discrete):
+            self.actions_np = np.zeros(n, dtype=np.int32)
+        else:
+            self.actions_np = np.zeros((n, self.policy.spec.dims), dtype=np.int32)
+        self.done_np = np.zeros(n, dtype=np.bool_)
+        self.done_cpu = torch.from_numpy(self.done_np)
+        self.on_cuda = self.device.type == "cuda"
+        self.done_dev = torch.zeros(n, dtype=torch.bool, device=self.device)
+        obs_dtype = torch_dtype(env.single_observation_space.dtype)
+        self.obs_dev = torch.zeros(n, self.buffer.obs.shape[-1], dtype=obs_dtype, device=self.device)
+        if self.step_fn is None:
+            self.step_fn = self.policy.step
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        self.state = self.policy.initial_state(self.env.num_agents, self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return self.autocast() if self.autocast is not None else contextlib.nullcontext()
+
+    def _load_obs(self, obs_np: np.ndarray) -> torch.Tensor:
+        obs = torch.from_numpy(obs_np)
+        if self.on_cuda:
+            self.obs_dev.copy_(obs, non_blocking=True)
+            return self.obs_dev
+        return obs
+
+    @torch.inference_mode()
+    def collect(self, obs_np: np.ndarray) -> np.ndarray:
+        """Fill the buffer for one epoch starting from observations `obs_np`; return the last ones."""
+        buf, env, policy = self.buffer, self.env, self.policy
+        times = self.times
+        clock = time.perf_counter
+        horizon = buf.horizon
+        has_state = policy.use_lstm
+        for t in range(buf.steps):
+            t0 = clock()
+            obs = self._load_obs(obs_np)
+            if has_state and t % horizon == 0:
+                k = t // horizon
+                buf.state_h[:, k].copy_(self.state[0])
+                buf.state_c[:, k].copy_(self.state[1])
+            t1 = clock()
+            with self._autocast():
+                logits, value, new_state = self.step_fn(obs, self.state)
+                actions, log_prob = sample_actions(policy, logits)
+            t2 = clock()
+            buf.obs[:, t].copy_(obs)
+            buf.actions[:, t].copy_(actions)
+            buf.log_probs[:, t].copy_(log_prob)
+            buf.values[:, t].copy_(value)
+            if self.continuous:
+                # The buffer keeps the sampled action; the env gets it inside its bounds.
+                actions = torch.max(torch.min(actions, self.high), self.low)
+            if self.on_cuda:
+                actions = actions.cpu()
+            np.copyto(self.actions_np, actions.numpy().reshape(self.actions_np.shape), casting="unsafe")
+            t3 = clock()
+            obs_np, rewards, terminals, truncations, _ = env.step(self.actions_np)
+            t4 = clock()
+            np.logical_or(terminals, truncations, out=self.done_np)
+            buf.rewards[:, t].copy_(torch.from_numpy(rewards))
+            buf.dones[:, t].copy_(self.done_cpu)
+            if truncations.any():
+                self._bootstrap_truncated(t, truncations, new_state)
+            if has_state:
+                done = self.done_cpu
+                if self.on_cuda:
+                    self.done_dev.copy_(self.done_cpu, non_blocking=True)
+                    done = self.done_dev
+                new_state[0].masked_fill_(done.unsqueeze(1), 0.0)
+                new_state[1].masked_fill_(done.unsqueeze(1), 0.0)
+                self.state = new_state
+            t5 = clock()
+            times.copy += (t1 - t0) + (t3 - t2) + (t5 - t4)
+            times.inference += t2 - t1
+            times.env += t4 - t3
+        t0 = clock()
+        with self._autocast():
+            buf.next_value.copy_(policy.value(self._load_obs(obs_np), self.state))
+        times.inference += clock() - t0
+        return obs_np
+
+    def _bootstrap_truncated(self, t: int, truncations: np.ndarray, state: tuple) -> None:
+        """A truncated episode is not terminal: its last reward gains gamma * V(final obs),
+        valued with the agent's state before the reset."""
+        rows = np.flatnonzero(truncations)
+        idx = torch.from_numpy(rows).to(self.device)
+        final_obs = torch.from_numpy(self.env.final_observations[rows]).to(self.device)
+        sub_state = (state[0][idx], state[1][idx])
+        with self._autocast():
+            value = self.policy.value(final_obs, sub_state).float()
+        self.buffer.rewards[idx, t] += self.gamma * value

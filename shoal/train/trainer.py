@@ -1,0 +1,409 @@
+"""The training loop: rollout, PPO update, metrics, checkpoints (docs/architecture.md §2)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shoal.config import Config, ConfigError
+from shoal.policy import make_policy
+from shoal.train.checkpoint import (
+    CHECKPOINT,
+    MODEL,
+    atomic_torch_save,
+    load_file,
+    model_payload,
+    resolve_checkpoint,
+)
+from shoal.train.learner import Learner
+from shoal.train.optim import make_optimizer
+from shoal.train.rollout import Collector, RolloutBuffer
+
+METRIC_KEYS = (
+    "epoch", "agent_steps", "wall_time", "sps", "score", "score_100", "episode_return", "episode_length",
+    "episodes", "learning_rate", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+    "explained_variance", "time_env", "time_inference", "time_copy", "time_learn", "time_other",
+)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # Wall seconds until score_100 first reached train.target_score (None if it never did).
+    time_to_target: float | None = None
+
+
+class ScoreWindow:
+    """Mean score over (about) the last `size` episodes, from per-epoch means and counts."""
+
+    def __init__(self, size: int = 100) -> None:
+        self.size = size
+        self.entries: deque[tuple[float, float]] = deque()
+
+    def add(self, mean: float, count: float) -> None:
+        if count <= 0 or not math.isfinite(mean):
+            return
+        self.entries.append((mean, count))
+        # Drop whole epochs that are older than the last `size` episodes.
+        while len(self.entries) > 1 and sum(n for _, n in list(self.entries)[1:]) >= self.size:
+            self.entries.popleft()
+
+    def mean(self) -> float:
+        total, weight = 0.0, 0.0
+        for score, count in reversed(self.entries):
+            take = min(count, self.size - weight)
+            if take <= 0:
+                break
+            total += score * take
+            weight += take
+        return total / weight if weight > 0 else float("nan")
+
+    def state(self) -> list[list[float]]:
+        return [list(e) for e in self.entries]
+
+    def load(self, entries: list[list[float]]) -> None:
+        self.entries = deque((float(m), float(n)) for m, n in entries)
+
+
+# ---- setup ----
+
+
+def configure_threads(torch_threads: int) -> int:
+    """Torch intra-op threads: `torch_threads`, or min(2, cores) when 0."""
+    if torch_threads < 0:
+        raise ConfigError(f"train.torch_threads must be >= 0, got {torch_threads}")
+    threads = torch_threads or min(2, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):
+        # Allowed once per process, before inter-op work starts; later calls keep the first value.
+        torch.set_num_interop_threads(1)
+    return threads
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available (use 'auto' or 'cpu')")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def reseed(seed: int, epoch: int) -> int:
+    """Env seed after a checkpoint at `epoch` (deterministic runs and resumes)."""
+    return (seed * 1_000_003 + epoch * 7919) % 2**31
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        # As plain lists so that checkpoints load with torch.load(weights_only=True).
+        "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_env(cfg: Config) -> Any:
+    import shoal
+
+    kwargs: dict[str, Any] = dict(cfg.env.options)
+    if cfg.env.backend != "native":
+        kwargs.update(backend=cfg.env.backend, num_workers=cfg.env.num_workers)
+    return shoal.make(
+        cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.train.seed, num_threads=cfg.env.num_threads, **kwargs
+    )
+
+
+def validate(cfg: Config, num_agents: int) -> tuple[int, int]:
+    """Check the batch geometry against the env; return (steps per agent, total epochs)."""
+    t = cfg.train
+    positive = ("total_steps", "batch_size", "bptt_horizon", "minibatch_size", "max_minibatch_size",
+                "update_epochs", "checkpoint_interval")
+    for key in positive:
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
+    if cfg.policy.hidden_size <= 0:
+        raise ConfigError(f"policy.hidden_size must be positive, got {cfg.policy.hidden_size}")
+    if cfg.policy.num_layers <= 0:
+        raise ConfigError(f"policy.num_layers must be positive, got {cfg.policy.num_layers}")
+    if t.advantage != "gae":
+        raise ConfigError(f"train.advantage = {t.advantage!r} is not supported by this trainer (use 'gae')")
+    if not (0.0 <= t.gamma <= 1.0 and 0.0 <= t.gae_lambda <= 1.0):
+        raise ConfigError(f"train.gamma and train.gae_lambda must be in [0, 1], got {t.gamma}, {t.gae_lambda}")
+    if t.prio_alpha < 0 or not 0.0 <= t.prio_beta0 <= 1.0:
+        raise ConfigError(
+            f"train.prio_alpha must be >= 0 and train.prio_beta0 in [0, 1], got {t.prio_alpha}, {t.prio_beta0}"
+        )
+    if t.vtrace and (t.vtrace_rho_clip <= 0 or t.vtrace_c_clip <= 0):
+        raise ConfigError(
+            f"train.vtrace_rho_clip and train.vtrace_c_clip must be positive, "
+            f"got {t.vtrace_rho_clip}, {t.vtrace_c_clip}"
+        )
+    segment = num_agents * t.bptt_horizon
+    if t.batch_size % segment:
+        raise ConfigError(
+            f"train.batch_size ({t.batch_size}) must be a multiple of num_agents * train.bptt_horizon "
+            f"({num_agents} * {t.bptt_horizon} = {segment}); e.g. {max(1, round(t.batch_size / segment)) * segment}"
+        )
+    if t.minibatch_size > t.batch_size or t.batch_size % t.minibatch_size:
+        raise ConfigError(
+            f"train.minibatch_size ({t.minibatch_size}) must divide train.batch_size ({t.batch_size})"
+        )
+    if t.minibatch_size % t.bptt_horizon:
+        raise ConfigError(
+            f"train.minibatch_size ({t.minibatch_size}) must be a multiple of train.bptt_horizon ({t.bptt_horizon})"
+        )
+    return t.batch_size // num_agents, math.ceil(t.total_steps / t.batch_size)
+
+
+def new_run_dir(cfg: Config) -> Path:
+    root = Path(cfg.run.dir)
+    name = cfg.run.name or f"{cfg.env.name.replace(':', '_').replace('/', '_')}_" + datetime.now(
+        timezone.utc
+    ).strftime("%Y%m%d_%H%M%S")
+    path, n = root / name, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = root / f"{name}_{n}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _profile_line(m: dict[str, Any]) -> str:
+    parts = [f"epoch {m['epoch']}: {m['sps']:.0f} steps/s"]
+    total = sum(m[f"time_{k}"] for k in ("env", "inference", "copy", "learn", "other")) or 1.0
+    for k in ("env", "inference", "copy", "learn", "other"):
+        v = m[f"time_{k}"]
+        parts.append(f"{k} {v * 1000:.1f}ms ({100 * v / total:.0f}%)")
+    return " | ".join(parts)
+
+
+# ---- the loop ----
+
+
+def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) -> TrainResult:
+    """Train a policy with PPO as `cfg` says; `on_epoch(metrics)` returning False stops early.
+
+    With ``run.resume`` set to a run folder (or checkpoint file) the run continues from its
+    checkpoint in the same folder. With ``train.deterministic`` the envs are re-seeded after
+    every checkpoint, so a resumed run repeats the uninterrupted one exactly.
+    """
+    from shoal.train.dashboard import make_dashboard
+
+    tcfg = cfg.train
+    threads = configure_threads(tcfg.torch_threads)
+    device = resolve_device(tcfg.device)
+    seed_everything(tcfg.seed)
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+
+    resume_data = None
+    if cfg.run.resume:
+        ckpt_path = resolve_checkpoint(cfg.run.resume, prefer=CHECKPOINT)
+        if ckpt_path.name != CHECKPOINT and not ckpt_path.name.startswith("checkpoint"):
+            raise ConfigError(f"run.resume needs a {CHECKPOINT} to continue from, got {ckpt_path}")
+        resume_data = load_file(ckpt_path)
+        run_dir = ckpt_path.parent
+    else:
+        run_dir = new_run_dir(cfg)
+
+    env = make_env(cfg)
+    dashboard = None
+    try:
+        num_agents = env.num_agents
+        steps_per_agent, total_epochs = validate(cfg, num_agents)
+        obs_space, act_space = env.single_observation_space, env.single_action_space
+        policy = make_policy(obs_space, act_space, cfg.policy).to(device)
+        optimizers = make_optimizer(policy, tcfg)
+        autocast = None
+        if tcfg.precision == "bfloat16":
+            autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+        step_fn, forward_fn = policy.step, policy.forward_sequence
+        if tcfg.compile:
+            step_fn = torch.compile(policy.step)
+            forward_fn = torch.compile(policy.forward_sequence)
+
+        buffer = RolloutBuffer(
+            num_agents, steps_per_agent, tcfg.bptt_horizon, policy.obs_size, obs_space.dtype,
+            policy.spec.dims, policy.spec.kind == "continuous", cfg.policy.hidden_size if cfg.policy.lstm else 0,
+            device,
+        )
+        collector = Collector(env, policy, buffer, device, tcfg.gamma, autocast=autocast, step_fn=step_fn)
+        updates_per_epoch = tcfg.update_epochs * (tcfg.batch_size // tcfg.minibatch_size)
+        learner = Learner(policy, optimizers, buffer, tcfg, total_epochs * updates_per_epoch, autocast, forward_fn)
+
+        epoch, agent_steps, wall_offset = 0, 0, 0.0
+        scores = ScoreWindow(100)
+        time_to_target: float | None = None
+        history: list[dict[str, Any]] = []
+        metrics_path = run_dir / "metrics.jsonl"
+        if resume_data is not None:
+            try:
+                policy.load_state_dict(resume_data["model"])
+            except RuntimeError as e:
+                raise ConfigError(f"the checkpoint in {run_dir} does not fit this config's policy: {e}") from None
+            optimizers.load_state_dict(resume_data["optimizer"])
+            epoch = int(resume_data["epoch"])
+            agent_steps = int(resume_data["agent_steps"])
+            wall_offset = float(resume_data["wall_time"])
+            learner.update = int(resume_data["update"])
+            scores.load(resume_data["score_window"])
+            time_to_target = resume_data.get("time_to_target")
+            set_rng_state(resume_data["rng"])
+            history = _read_history(metrics_path, epoch)
+            write_text_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+            obs_np, _ = env.reset(seed=reseed(tcfg.seed, epoch))
+        else:
+            obs_np, _ = env.reset(seed=tcfg.seed)
+        write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+        def save_checkpoint() -> None:
+            atomic_torch_save(
+                {
+                    "model": policy.state_dict(),
+                    "optimizer": optimizers.state_dict(),
+                    "config": cfg.to_dict(),
+                    "epoch": epoch,
+                    "agent_steps": agent_steps,
+                    "wall_time": wall_time,
+                    "update": learner.update,
+                    "score_window": scores.state(),
+                    "time_to_target": time_to_target,
+                    "rng": rng_state(),
+                    **{k: v for k, v in model_payload(policy, cfg, obs_space, act_space).items() if k != "model"},
+                },
+                run_dir / CHECKPOINT,
+            )
+
+        dashboard = make_dashboard(cfg)
+        metrics: dict[str, Any] = history[-1] if history else {}
+        start = time.perf_counter()
+        wall_time = wall_offset
+        clock = time.perf_counter
+        stop = False
+        with open(metrics_path, "a") as metrics_file:
+            while epoch < total_epochs and not stop:
+                t_epoch = clock()
+                collector.times.reset()
+                policy.eval()
+                obs_np = collector.collect(obs_np)
+                log = env.log()
+                t_learn = clock()
+                policy.train()
+                stats = learner.learn()
+                collector.times.learn = clock() - t_learn
+                epoch += 1
+                agent_steps += tcfg.batch_size
+                now = clock()
+                epoch_time = now - t_epoch
+                wall_time = wall_offset + (now - start)
+                episodes = float(log.get("episodes", 0.0)) if log else 0.0
+                score = float(log["score"]) if log and episodes > 0 else float("nan")
+                scores.add(score, episodes)
+                times = collector.times
+                metrics = {
+                    "epoch": epoch,
+                    "agent_steps": agent_steps,
+                    "wall_time": wall_time,
+                    "sps": tcfg.batch_size / epoch_time,
+                    "score": score,
+                    "score_100": scores.mean(),
+                    "episode_return": float(log.get("episode_return", math.nan)) if episodes else math.nan,
+                    "episode_length": float(log.get("episode_length", math.nan)) if episodes else math.nan,
+                    "episodes": episodes,
+                    "learning_rate": learner.current_lr(),
+                    **stats,
+                    "time_env": times.env,
+                    "time_inference": times.inference,
+                    "time_copy": times.copy,
+                    "time_learn": times.learn,
+                    "time_other": max(0.0, epoch_time - times.env - times.inference - times.copy - times.learn),
+                    "torch_threads": threads,
+                }
+                target = tcfg.target_score
+                if target is not None and time_to_target is None and scores.mean() >= target:
+                    time_to_target = wall_time
+                    stop = True
+                metrics["time_to_target"] = time_to_target
+                history.append(metrics)
+                metrics_file.write(json.dumps(metrics) + "\n")
+                metrics_file.flush()
+                dashboard.update(metrics)
+                if cfg.run.profile:
+                    print(_profile_line(metrics), flush=True)
+                if on_epoch is not None and on_epoch(metrics) is False:
+                    stop = True
+                if epoch % tcfg.checkpoint_interval == 0 or stop or epoch >= total_epochs:
+                    save_checkpoint()
+                    if tcfg.deterministic and not stop and epoch < total_epochs:
+                        # A resume from this checkpoint starts from freshly seeded envs; the
+                        # uninterrupted run does the same so both continue identically.
+                        obs_np, _ = env.reset(seed=reseed(tcfg.seed, epoch))
+                        collector.reset_state()
+        if epoch == 0 or not (run_dir / CHECKPOINT).exists():
+            save_checkpoint()
+        atomic_torch_save(model_payload(policy, cfg, obs_space, act_space), run_dir / MODEL)
+        return TrainResult(run_dir, metrics, history, time_to_target)
+    finally:
+        if dashboard is not None:
+            dashboard.close()
+        env.close()
+
+
+def _read_history(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
+    """Metrics lines of epochs <= `up_to_epoch` (later ones were not checkpointed)."""
+    if not path.exists():
+        return []
+    history = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            m = json.loads(line)
+            if m.get("epoch", 0) <= up_to_epoch:
+                history.append(m)
+    return history

@@ -1,0 +1,140 @@
+"""Policy: LSTM training path vs rollout path, resets, spaces, distributions."""
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+from shoal.policy import Policy, evaluate_actions, sample_actions
+
+BOX = gymnasium.spaces.Box(-1.0, 1.0, (5,), np.float32)
+
+
+def make(action_space=None, lstm=True, hidden=16, layers=2, obs_space=BOX, seed=0):
+    torch.manual_seed(seed)
+    return Policy(obs_space, action_space or gymnasium.spaces.Discrete(3), hidden, lstm=lstm, num_layers=layers)
+
+
+def test_manual_lstm_equals_torch_lstm():
+    policy = make()
+    x = torch.randn(4, 9, 16)
+    starts = torch.zeros(4, 9)
+    ours = policy._lstm_sequence(x, starts, None)
+    reference, _ = policy.lstm(x.transpose(0, 1))
+    torch.testing.assert_close(ours, reference.transpose(0, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_resets_inside_a_segment_equal_separate_sequences():
+    policy = make()
+    lengths = [3, 5, 2]
+    pieces = [torch.randn(1, n, 5) for n in lengths]
+    joined = torch.cat(pieces, dim=1)
+    starts = torch.zeros(1, sum(lengths))
+    starts[0, 3] = starts[0, 8] = 1.0
+    initial = (torch.randn(1, 16), torch.randn(1, 16))
+    logits, values = policy.forward_sequence(joined, starts, initial)
+    at = 0
+    for i, piece in enumerate(pieces):
+        # The first piece continues the given state; later ones start from zeros.
+        state = initial if i == 0 else None
+        ref_logits, ref_values = policy.forward_sequence(piece, torch.zeros(1, piece.shape[1]), state)
+        n = piece.shape[1]
+        torch.testing.assert_close(logits[:, at : at + n], ref_logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(values[:, at : at + n], ref_values, rtol=1e-5, atol=1e-6)
+        at += n
+
+
+def test_rollout_steps_equal_training_forward():
+    policy = make()
+    obs = torch.randn(3, 7, 5)
+    starts = (torch.rand(3, 7) < 0.3).float()
+    starts[:, 0] = 0
+    state0 = (torch.randn(3, 16), torch.randn(3, 16))
+    logits, values = policy.forward_sequence(obs, starts, state0)
+    state = state0
+    for t in range(7):
+        keep = (1 - starts[:, t]).unsqueeze(1)
+        state = (state[0] * keep, state[1] * keep)
+        step_logits, step_values, state = policy.step(obs[:, t], state)
+        torch.testing.assert_close(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(step_values, values[:, t], rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_policy_has_no_state_and_ignores_starts():
+    policy = make(lstm=False)
+    obs = torch.randn(2, 4, 5)
+    a, _ = policy.forward_sequence(obs, torch.zeros(2, 4))
+    b, _ = policy.forward_sequence(obs, torch.ones(2, 4))
+    torch.testing.assert_close(a, b)
+    assert policy.initial_state(3)[0].shape == (3, 0)
+
+
+def test_uint8_observations_are_scaled():
+    u8 = gymnasium.spaces.Box(0, 255, (5,), np.uint8)
+    p8 = make(lstm=False, obs_space=u8)
+    pf = make(lstm=False)
+    pf.load_state_dict(p8.state_dict())
+    raw = torch.randint(0, 256, (4, 5), dtype=torch.uint8)
+    a = p8.step(raw, p8.initial_state(4))[0]
+    b = pf.step(raw.float() / 255.0, pf.initial_state(4))[0]
+    torch.testing.assert_close(a, b)
+
+
+def test_discrete_log_probs_and_entropy_match_torch_distributions():
+    policy = make(lstm=False)
+    logits = torch.randn(6, 3)
+    actions, log_prob = sample_actions(policy, logits)
+    dist = torch.distributions.Categorical(logits=logits)
+    torch.testing.assert_close(log_prob, dist.log_prob(actions[:, 0]))
+    lp, ent = evaluate_actions(policy, logits, actions)
+    torch.testing.assert_close(lp, log_prob)
+    torch.testing.assert_close(ent, dist.entropy())
+    greedy, _ = sample_actions(policy, logits, deterministic=True)
+    assert torch.equal(greedy[:, 0], logits.argmax(-1))
+
+
+def test_multidiscrete_is_a_product_of_categoricals():
+    policy = make(gymnasium.spaces.MultiDiscrete([2, 4, 3]), lstm=False)
+    assert policy.actor.out_features == 9
+    logits = torch.randn(5, 9)
+    actions, log_prob = sample_actions(policy, logits)
+    assert actions.shape == (5, 3)
+    expected_lp, expected_ent = 0.0, 0.0
+    for d, part in enumerate(logits.split([2, 4, 3], dim=-1)):
+        dist = torch.distributions.Categorical(logits=part)
+        expected_lp = expected_lp + dist.log_prob(actions[:, d])
+        expected_ent = expected_ent + dist.entropy()
+    torch.testing.assert_close(log_prob, expected_lp)
+    lp, ent = evaluate_actions(policy, logits, actions)
+    torch.testing.assert_close(lp, expected_lp)
+    torch.testing.assert_close(ent, expected_ent)
+
+
+def test_box_actions_are_gaussian_with_state_independent_log_std():
+    policy = make(gymnasium.spaces.Box(-2.0, 2.0, (2,), np.float32), lstm=False)
+    with torch.no_grad():
+        policy.log_std.copy_(torch.tensor([0.3, -0.5]))
+    mean = torch.randn(4, 2)
+    actions, log_prob = sample_actions(policy, mean)
+    dist = torch.distributions.Normal(mean, policy.log_std.exp())
+    torch.testing.assert_close(log_prob, dist.log_prob(actions).sum(-1))
+    lp, ent = evaluate_actions(policy, mean, actions)
+    torch.testing.assert_close(lp, log_prob)
+    torch.testing.assert_close(ent, dist.entropy().sum(-1))
+
+
+def test_parameter_groups_name_the_roles():
+    groups = make(layers=3).parameter_groups()
+    names = {role: [n for n, _ in params] for role, params in groups.items()}
+    assert names["input"] == ["encoder.input.weight"]
+    assert set(names["hidden"]) == {"encoder.hidden.0.weight", "encoder.hidden.1.weight",
+                                    "lstm.weight_ih_l0", "lstm.weight_hh_l0"}
+    assert set(names["output"]) == {"actor.weight", "critic.weight"}
+    assert all(p.ndim == 1 for _, p in groups["other"])
+
+
+def test_unsupported_spaces_are_rejected():
+    with pytest.raises(TypeError, match="Discrete, MultiDiscrete and Box"):
+        make(gymnasium.spaces.Text(5))
+    with pytest.raises(ValueError, match="num_layers"):
+        make(layers=0)
