@@ -45,6 +45,8 @@ class PolicyConfig:
     hidden_size: int = 128
     # Linear layers in the MLP encoder (the first maps observations to hidden_size).
     num_layers: int = 1
+    # Nonlinearity after each encoder layer.
+    activation: Literal["gelu", "relu", "tanh"] = "gelu"
     lstm: bool = True
     parametrization: Literal["standard", "mup"] = "standard"
     base_width: int = 128

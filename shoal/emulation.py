@@ -348,7 +348,7 @@ class _EpisodeStats:
         self.returns[rows] = 0.0
         self.lengths[rows] = 0
 
-    def log(self) -> dict[str, float]:
+    def log(self) -> dict[str, float | int]:
         if self._n == 0:
             return {}
         n = self._n
@@ -356,7 +356,7 @@ class _EpisodeStats:
             "score": self._score / n,
             "episode_return": self._return / n,
             "episode_length": self._length / n,
-            "episodes": float(n),
+            "episodes": n,
         }
         self._score = self._return = self._length = 0.0
         self._n = 0
@@ -443,7 +443,7 @@ class _EmulatedVecEnv:
             self.final_observations, self._infos, self.agent_ids, self.masks,
         )
 
-    def log(self) -> dict[str, float]:
+    def log(self) -> dict[str, float | int]:
         return self._stats.log()
 
     def __enter__(self) -> _EmulatedVecEnv:
@@ -687,20 +687,42 @@ class PettingZooVecEnv(_EmulatedVecEnv):
             env.close()
 
 
+def _import_env_module(module_name: str, spec: str) -> Any:
+    """Import `module_name`; a name inside PettingZoo may leave out the "pettingzoo." prefix."""
+    candidates = [module_name]
+    if not module_name.startswith("pettingzoo."):
+        candidates.append(f"pettingzoo.{module_name}")
+    first_error: ImportError | None = None
+    for candidate in candidates:
+        try:
+            return importlib.import_module(candidate)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if not (candidate == missing or candidate.startswith(missing + ".")):
+                # The module exists but one of its own dependencies is missing: say which.
+                raise ValueError(
+                    f"PettingZoo env module {candidate!r} (spec {spec!r}) needs a package that is not "
+                    f"installed: {exc}"
+                ) from exc
+            first_error = first_error or exc
+        except ImportError as exc:
+            raise ValueError(
+                f"cannot import PettingZoo env module {candidate!r} (spec {spec!r}): {exc}"
+            ) from exc
+    raise ValueError(
+        f"cannot import PettingZoo env module {module_name!r} from spec {spec!r}: {first_error}"
+    ) from first_error
+
+
 def _resolve_spec(spec: str) -> Callable[..., Any]:
-    """"package.module:function" (or just "package.module", meaning its parallel_env)."""
+    """The creator named by "package.module:function" (just "package.module" means its parallel_env)."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "parallel_env"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(
-            f"cannot import PettingZoo env module {module_name!r} from spec {spec!r}: {exc}"
-        ) from exc
+    module = _import_env_module(module_name, spec)
     try:
         creator = getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (spec {spec!r})") from None
+        raise ValueError(f"module {module.__name__!r} has no attribute {attr!r} (spec {spec!r})") from None
     if not callable(creator):
         raise ValueError(f"{spec!r} is not callable")
     return creator

@@ -50,13 +50,21 @@ def action_spec(space: gymnasium.Space) -> ActionSpec:
     )
 
 
-class Encoder(nn.Module):
-    """Observation -> features: ``input`` layer then ``num_layers - 1`` hidden layers (GELU)."""
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
-    def __init__(self, obs_size: int, hidden_size: int, num_layers: int, obs_scale: float) -> None:
+
+class Encoder(nn.Module):
+    """Observation -> features: ``input`` layer then ``num_layers - 1`` hidden layers."""
+
+    def __init__(
+        self, obs_size: int, hidden_size: int, num_layers: int, obs_scale: float, activation: str = "gelu"
+    ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"policy.num_layers must be at least 1, got {num_layers}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"policy.activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        self.activation = ACTIVATIONS[activation]
         self.obs_scale = obs_scale
         self.input = nn.Linear(obs_size, hidden_size)
         self.hidden = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers - 1))
@@ -65,9 +73,9 @@ class Encoder(nn.Module):
         x = obs.to(self.input.weight.dtype)
         if self.obs_scale != 1.0:
             x = x * self.obs_scale
-        x = F.gelu(self.input(x))
+        x = self.activation(self.input(x))
         for layer in self.hidden:
-            x = F.gelu(layer(x))
+            x = self.activation(layer(x))
         return x
 
 
@@ -81,6 +89,7 @@ class Policy(nn.Module):
         hidden_size: int = 128,
         lstm: bool = True,
         num_layers: int = 1,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         if not isinstance(observation_space, gymnasium.spaces.Box):
@@ -91,7 +100,7 @@ class Policy(nn.Module):
         self.spec = action_spec(action_space)
         self.hidden_size = hidden_size
         self.use_lstm = lstm
-        self.encoder = Encoder(self.obs_size, hidden_size, num_layers, obs_scale)
+        self.encoder = Encoder(self.obs_size, hidden_size, num_layers, obs_scale, activation)
         self.lstm = nn.LSTM(hidden_size, hidden_size) if lstm else None
         self.actor = nn.Linear(hidden_size, self.spec.logits_size)
         self.critic = nn.Linear(hidden_size, 1)
@@ -284,4 +293,5 @@ def make_policy(observation_space: gymnasium.Space, action_space: gymnasium.Spac
         hidden_size=policy_cfg.hidden_size,
         lstm=policy_cfg.lstm,
         num_layers=policy_cfg.num_layers,
+        activation=policy_cfg.activation,
     )

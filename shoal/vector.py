@@ -164,11 +164,11 @@ class _LogSums:
             if key != "episodes" and isinstance(value, numbers.Real):
                 self.sums[key] = self.sums.get(key, 0.0) + float(value) * n
 
-    def pop(self) -> dict[str, float]:
+    def pop(self) -> dict[str, float | int]:
         if self.episodes <= 0:
             return {}
-        out = {key: total / self.episodes for key, total in self.sums.items()}
-        out["episodes"] = self.episodes
+        out: dict[str, float | int] = {key: total / self.episodes for key, total in self.sums.items()}
+        out["episodes"] = int(self.episodes) if self.episodes.is_integer() else self.episodes
         self.sums, self.episodes = {}, 0.0
         return out
 
@@ -355,7 +355,7 @@ class _WorkerVecEnv:
         self._held = workers
         return self.observations, self.rewards, self.terminals, self.truncations, self._infos_of(workers)
 
-    def log(self) -> dict[str, float]:
+    def log(self) -> dict[str, float | int]:
         self._check_usable()
         self._gather_logs()
         return self._log.pop()
@@ -525,10 +525,10 @@ def _worker_main(
     try:
         env = creator(num_envs=num_envs, seed=seed, **env_kwargs)
         conn.send(_describe(env, num_envs))
-        setup = conn.recv()
-        if setup is None:
+        setup = conn.recv_bytes()
+        if setup == _CLOSE:  # the parent gave up before handing out the buffers
             return
-        shm_name, layout, start, stop = setup
+        shm_name, layout, start, stop = pickle.loads(setup)
         shm = shared_memory.SharedMemory(name=shm_name)
         views = {name: view[start:stop] for name, view in _views(shm.buf, layout).items()}
         obs, final_obs = views["observations"], views["final_observations"]
@@ -695,7 +695,8 @@ class MultiprocessingVecEnv(_WorkerVecEnv):
             buffers["masks"][:] = True
             self._setup(meta, buffers)
             for w, conn in enumerate(self._conns):
-                conn.send((shm.name, layout, w * self.agents_per_worker, (w + 1) * self.agents_per_worker))
+                rows = (w * self.agents_per_worker, (w + 1) * self.agents_per_worker)
+                conn.send_bytes(pickle.dumps((shm.name, layout, *rows)))
             self._busy.update(range(num_workers))
             self._wait_all()
             self._ready.clear()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState, create_trial
 
@@ -465,7 +465,14 @@ def test_reproduce_runs_top_configs_over_new_seeds(sweeps: Path, capsys: pytest.
     ).trials[0]
     assert trial.user_attrs["config"]["train"]["learning_rate"] == 4e-3
     assert trial.user_attrs["config"]["train"]["seed"] == trial.user_attrs["seed"]
-    assert len(trial.user_attrs["curve"]) == 3 and trial.values[1] == 6.0
+    # Scored as the sweep scores: the mean of the last three epoch scores; cost is measured wall time.
+    seed_term = (trial.user_attrs["seed"] % 7) * 0.01
+    quality = 10 - abs(math.log10(4e-3) + 2.4)
+    assert trial.values[0] == pytest.approx(quality * 2 / 3 + seed_term)
+    assert trial.values[1] > 0
+    assert [point[1:] for point in trial.user_attrs["curve"]] == [
+        [1000 * e, pytest.approx(quality * e / 3 + seed_term)] for e in (1, 2, 3)
+    ]
     assert trial.user_attrs["agent_steps"] == 3000
 
     # A second call adds new seeds rather than repeating the ones already run.
@@ -495,7 +502,9 @@ def test_reproduce_max_cost_config_file_and_failures(
 
 
 def test_reproduce_in_worker_processes(sweeps: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert reproduce_main(["small", "--top", "1", "--seeds", "2", "--workers", "2"], train_fn=fake_train) == 0
+    # Named with --train-fn, as a user would, so the spawned workers import it themselves.
+    spec = f"{fake_train.__module__}:fake_train"
+    assert reproduce_main(["small", "--top", "1", "--seeds", "2", "--workers", "2", "--train-fn", spec]) == 0
     repro = load_sweep("small").reproductions
     assert sorted(repro["seed"]) == [1000, 1001]
 
@@ -510,6 +519,8 @@ def test_reproduce_errors(sweeps: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert reproduce_main(["small", "--top", "0", "--seeds", "1"], train_fn=fake_train) == 1
     assert "nothing to reproduce" in capsys.readouterr().out
     assert reproduce_main(["small", "--seeds", "0"], train_fn=fake_train) == 2
+    assert reproduce_main(["small", "--top", "1", "--train-fn", "shoal.config:no_such_function"]) == 1
+    assert "has no function 'no_such_function'" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------- compare
@@ -561,3 +572,41 @@ def test_compare_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     run = write_run(tmp_path / "r", speed=10, final=1)
     assert compare_main([str(run), "--metric", "no_such_key", "--out", str(tmp_path / "o")]) == 1
     assert "available: agent_steps" in capsys.readouterr().out
+
+
+def test_int_bool_and_conditional_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    dists = {
+        "train.bptt_horizon": IntDistribution(16, 128, log=True),
+        "policy.lstm": CategoricalDistribution([True, False]),
+        "train.muon_momentum": FloatDistribution(0.8, 0.99),
+    }
+    study = optuna.create_study(
+        study_name="mixed",
+        storage=storage_for(tmp_path / "sweeps" / "mixed.journal"),
+        directions=["maximize", "minimize"],
+    )
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        params: dict[str, Any] = {
+            "train.bptt_horizon": int(rng.choice([16, 32, 64, 128])),
+            "policy.lstm": i % 3 == 0,
+        }
+        if i % 2:
+            params["train.muon_momentum"] = float(rng.uniform(0.8, 0.99))
+        score = params["train.bptt_horizon"] / 16 + (5 if params["policy.lstm"] else 0)
+        study.add_trial(
+            create_trial(values=[score, 10.0 + i], params=params, distributions={k: dists[k] for k in params})
+        )
+    sweep = load_sweep("mixed")
+    importance = param_importance(sweep.trials, sweep.distributions)
+    assert importance.ok and "train.muon_momentum" in importance.message
+    assert set(importance.table.index) == {"train.bptt_horizon", "policy.lstm"}
+    defaults = param_defaults(sweep.param_names)
+    summary = parameter_summary(sweep.trials, top_n(sweep.trials, 4), sweep.param_names, defaults)
+    verdicts = dict(zip(summary["parameter"], summary["verdict"], strict=True))
+    assert verdicts["policy.lstm"] == "True in 4/4 top runs (the default)"
+    # Default horizon 64; the top runs used 128 twice and 64 twice.
+    assert verdicts["train.bptt_horizon"] == "at or above default in 4/4 top runs (2 above)"
+    assert analyze_main(["mixed", "--top", "4"]) == 0
+    assert (tmp_path / "sweeps" / "mixed-report" / "params.png").stat().st_size > 0

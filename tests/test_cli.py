@@ -280,6 +280,20 @@ def test_eval_takes_a_model_file_and_env_options(
     assert len(scores) == 3 and all(s <= 5 for s in scores)
 
 
+def test_train_accepts_gym_envs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run_main(
+        capsys, "train", "gym:CartPole-v1", "--quiet", "--run.dir", str(tmp_path), "--run.name", "gym",
+        "--train.total-steps", "1024", "--env.num-envs", "8", "--train.batch-size", "512",
+        "--train.bptt-horizon", "16", "--train.minibatch-size", "256", "--policy.hidden-size", "16",
+        "--train.torch-threads", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    saved = json.loads((tmp_path / "gym" / "config.json").read_text())
+    assert saved["env"]["name"] == "gym:CartPole-v1"
+    assert (tmp_path / "gym" / "model.pt").is_file()
+    assert "[gym:CartPole-v1] epoch" in out
+
+
 def test_resume_continues_the_run(
     trained_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -173,7 +173,7 @@ def test_episode_score_comes_from_info_when_reported() -> None:
     env.reset()
     for _ in range(6):
         env.step(np.zeros((1, 4), dtype=np.int64))
-    assert env.log() == {"score": 103.0, "episode_return": 3.0, "episode_length": 3.0, "episodes": 2.0}
+    assert env.log() == {"score": 103.0, "episode_return": 3.0, "episode_length": 3.0, "episodes": 2}
 
 
 def test_bad_actions_say_expected_and_given() -> None:
@@ -312,7 +312,7 @@ def test_pettingzoo_padding_masks_and_reset() -> None:
     np.testing.assert_array_equal(obs[:, 0], 0.0)  # every row holds the new episode's first observation
     np.testing.assert_array_equal(obs[:3, 1], [0, 1, 2])
     stats = env.log()
-    assert stats["episodes"] == 6.0
+    assert stats["episodes"] == 6
     assert stats["episode_length"] == pytest.approx((4 + 5 + 2) / 3)
     assert stats["episode_return"] == pytest.approx((4 * 1 + 5 * 2 + 2 * 3 + 4 * 3 + 5 * 2 + 2 * 1) / 6)
 
@@ -326,8 +326,11 @@ def test_pettingzoo_same_seed_same_trajectories_and_spec_strings() -> None:
         np.testing.assert_array_equal(first.step(actions)[0], second.step(actions)[0])
     with pytest.raises(ValueError, match="has no attribute 'missing'"):
         make_pettingzoo(f"{__name__}:missing")
-    with pytest.raises(ValueError, match="cannot import PettingZoo env module"):
+    with pytest.raises(ValueError, match="cannot import PettingZoo env module 'no_such_module_here'"):
         make_pettingzoo("no_such_module_here:parallel_env")
+    # Names inside PettingZoo may leave out the prefix ("utils.conversions" = "pettingzoo.utils.conversions").
+    with pytest.raises(ValueError, match="'pettingzoo.utils.conversions' has no attribute 'parallel_env'"):
+        make_pettingzoo("utils.conversions")
 
 
 def test_pettingzoo_different_agent_spaces_are_rejected() -> None:

@@ -479,3 +479,45 @@ def test_threaded_env_keeps_working_in_a_forked_child() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     env.step(actions)  # the parent's pool is untouched
+
+
+def play_breakout_well(env: NativeVecEnv, steps: int, until_terminal: bool) -> dict:
+    """A wide, fast paddle that tracks the ball with a varying aim (so the angles vary)."""
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset()
+    aim = np.zeros(env.num_envs)
+    seen = {"widths": set(), "levels": set(), "walls": set()}
+    for step in range(steps):
+        if step % 50 == 0:
+            aim = rng.uniform(-0.08, 0.08, env.num_envs)
+        target = obs[:, 2] + aim
+        actions = np.where(target > obs[:, 0] + 0.005, 2, np.where(target < obs[:, 0] - 0.005, 1, 0))
+        obs, _, terms, _, _ = env.step(actions.astype(np.int32))
+        seen["widths"].update(np.round(obs[:, 1] * 144).tolist())
+        seen["levels"].update(np.round(obs[:, 9] * 4).tolist())
+        seen["walls"].update(obs[:, 8].tolist())
+        if until_terminal and terms.any():
+            break
+    return seen
+
+
+def test_breakout_speedups_and_paddle_shrink() -> None:
+    env = shoal.make("breakout", num_envs=16, seed=1, paddle_width=64, paddle_speed=16, frameskip=1)
+    seen = play_breakout_well(env, 4000, until_terminal=False)
+    assert seen["widths"] == {64.0, 32.0}  # halved once the ball reached the back wall
+    assert seen["levels"] == {0.0, 1.0, 2.0, 3.0, 4.0}  # 4 hits, 12 hits, orange row, red row
+
+
+def test_breakout_two_walls_then_max_score_ends_the_game() -> None:
+    env = shoal.make(
+        "breakout", num_envs=16, seed=1, paddle_width=64, paddle_speed=16, frameskip=1, shrink_paddle=0
+    )
+    seen = play_breakout_well(env, 20000, until_terminal=True)
+    assert seen["walls"] == {0.0, 1.0}
+    log = env.log()
+    assert log == {
+        "score": 864.0,
+        "episode_return": 864.0,
+        "episode_length": log["episode_length"],
+        "episodes": 1,
+    }

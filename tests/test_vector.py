@@ -152,6 +152,19 @@ def test_layout_is_validated_before_anything_starts() -> None:
         vector.make(lambda num_envs, seed: CARTPOLE(num_envs, seed), "multiprocessing", num_envs=2)
 
 
+def pendulum_or_cartpole(num_envs: int, seed: int):
+    return make_gymnasium("Pendulum-v1" if seed else "CartPole-v1", num_envs, seed)
+
+
+def test_chunks_must_agree_and_be_vector_envs() -> None:
+    with pytest.raises(ValueError, match="worker 1's env has observation_space Box"):
+        vector.make(pendulum_or_cartpole, "serial", num_envs=2, num_workers=2)
+    with pytest.raises(ValueError, match="asked for 2 envs but returned 1"):
+        vector.make(lambda num_envs, seed: CARTPOLE(1, seed), "serial", num_envs=2)
+    with pytest.raises(TypeError, match="must return a Shoal vector env; got CartPoleEnv"):
+        vector.make(lambda num_envs, seed: gymnasium.make("CartPole-v1").unwrapped, "serial", num_envs=1)
+
+
 def test_serial_chunks_match_one_env_and_aggregate_logs() -> None:
     chunked = vector.make(CARTPOLE, "serial", num_envs=4, num_workers=2, seed=5)
     single = CARTPOLE(num_envs=4, seed=5)
@@ -206,7 +219,8 @@ def test_multiprocessing_cartpole_matches_serial_and_shuts_down() -> None:
 
 
 def test_multiprocessing_async_batches_and_agent_ids(tmp_path) -> None:
-    steps = 40
+    # Workers 0 and 3 run on while 1 and 2 notice the gate: leave them plenty of reference steps.
+    steps = 400
     reference = run_steps(vector.make(CARTPOLE, "serial", num_envs=4, num_workers=4), steps)
     gate = tmp_path / "open"
     env = vector.make(gated_cartpole, "multiprocessing", num_envs=4, num_workers=4, batch_size=2,
@@ -231,6 +245,7 @@ def test_multiprocessing_async_batches_and_agent_ids(tmp_path) -> None:
             assert serve().tolist() == [0, 3]
         gate.touch()
         while len(seen[1]) < 3 or len(seen[2]) < 3:
+            assert len(seen[0]) <= steps, "workers 1 and 2 never came back after the gate opened"
             serve()
         for i in range(4):
             np.testing.assert_array_equal(np.stack(seen[i]), reference[: len(seen[i]), i])
@@ -308,10 +323,9 @@ def test_killed_worker_and_stuck_worker_do_not_hang() -> None:
 
 
 def test_native_cartpole_through_multiprocessing() -> None:
-    creator = vector._NamedEnv("cartpole")
-    serial = vector.make(creator, "serial", num_envs=8, num_workers=2, seed=4, env_kwargs={"num_threads": 1})
-    env = vector.make("cartpole", "multiprocessing", num_envs=8, num_workers=2, seed=4,
-                      env_kwargs={"num_threads": 1})
+    kwargs = {"num_envs": 8, "num_workers": 2, "seed": 4, "env_kwargs": {"num_threads": 1}}
+    serial = vector.make("cartpole", "serial", **kwargs)
+    env = vector.make("cartpole", "multiprocessing", **kwargs)
     try:
         assert env.single_action_space == spaces.Discrete(2) and env.observations.shape == (8, 4)
         rng = np.random.default_rng(0)

@@ -94,7 +94,14 @@ def _analyze_parser() -> argparse.ArgumentParser:
         "--top", type=_positive(int), default=10, metavar="N", help="top-N table size (default 10)"
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (default sweeps/NAME-report/)")
-    parser.add_argument("--sweeps-dir", default=DEFAULT_SWEEPS_DIR, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sweep-dir",
+        "--sweeps-dir",
+        dest="sweeps_dir",
+        default=DEFAULT_SWEEPS_DIR,
+        metavar="DIR",
+        help="folder of sweep journal files (default sweeps)",
+    )
     return parser
 
 
@@ -253,7 +260,17 @@ def _reproduce_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=_positive(int), default=1, metavar="N", help="parallel runs (default 1)"
     )
-    parser.add_argument("--sweeps-dir", default=DEFAULT_SWEEPS_DIR, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--train-fn", metavar="MODULE:FUNCTION", help="train function (default shoal.train.train)"
+    )
+    parser.add_argument(
+        "--sweep-dir",
+        "--sweeps-dir",
+        dest="sweeps_dir",
+        default=DEFAULT_SWEEPS_DIR,
+        metavar="DIR",
+        help="folder of sweep journal files (default sweeps)",
+    )
     return parser
 
 
@@ -265,11 +282,13 @@ def reproduce_main(argv: list[str], train_fn: Callable[..., Any] | None = None) 
     args = _run_parser(_reproduce_parser(), argv)
     if isinstance(args, int):
         return args
-    from shoal.analysis.reproduce import plan_jobs, reproduce
+    from shoal.analysis.reproduce import plan_jobs, reproduce, resolve_train_fn
     from shoal.config import ConfigError
 
     console = _console()
     try:
+        if args.train_fn:
+            train_fn = resolve_train_fn(args.train_fn)
         sweep = load_sweep(args.name, args.storage, args.sweeps_dir)
         if args.top > 0 and sweep.empty:
             console.print(sweep.empty_message())

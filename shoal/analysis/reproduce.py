@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import multiprocessing
 import os
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -20,6 +22,8 @@ from shoal.analysis.sweeps import DEFAULT_SWEEPS_DIR, REPRODUCE_SUFFIX, Sweep, o
 
 TrainFn = Callable[..., Any]
 FIRST_SEED = 1000  # re-run seeds start here, far from the small seeds sweeps usually use
+# The score of a run is the mean of its last few epoch scores, as `shoal sweep` computes it.
+SCORE_WINDOW = 3
 
 
 @dataclass
@@ -46,6 +50,21 @@ def _default_train() -> TrainFn:
     from shoal.train import train
 
     return train
+
+
+def resolve_train_fn(spec: str) -> TrainFn:
+    """'package.module:function' -> the function (for --train-fn)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--train-fn must look like MODULE:FUNCTION (e.g. shoal.train:train), got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--train-fn {spec}: cannot import {module_name}: {e}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ValueError(f"--train-fn {spec}: {module_name} has no function {attr!r}")
+    return function
 
 
 def pick_seeds(count: int, used: set[int]) -> list[int]:
@@ -134,6 +153,8 @@ def job_config(job: Job, sweep_name: str, workers: int) -> Any:
     cfg.train.seed = job.seed
     source = "config" if job.source_trial < 0 else f"t{job.source_trial}"
     cfg.run.name = f"{sweep_name}-reproduce-{source}-s{job.seed}"
+    if getattr(cfg.run, "resume", ""):
+        cfg.run.resume = ""  # a re-run must start fresh, not continue the original run's checkpoint
     if workers > 1:
         # Parallel runs share the machine: split the automatic thread counts and silence dashboards.
         share = max(1, (os.cpu_count() or 1) // workers)
@@ -145,46 +166,47 @@ def job_config(job: Job, sweep_name: str, workers: int) -> Any:
     return cfg
 
 
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def run_job(job: Job, sweep_name: str, workers: int, train_fn: TrainFn | None = None) -> Outcome:
-    """Train one re-run and collect its values and curve; errors become an Outcome with `error`."""
+    """Train one re-run and collect its values and curve; errors become an Outcome with `error`.
+
+    Values are measured as `shoal sweep` measures them, so re-runs compare with the sweep's
+    scores: cost is the wall-clock seconds of the whole train() call, the curve holds
+    [seconds since start, agent steps, score] for epochs with a finite score, and the score is
+    the mean of the last SCORE_WINDOW curve scores.
+    """
     curve: list[list[float]] = []
+    last: dict[str, Any] = {}
+    start = time.monotonic()
 
     def on_epoch(metrics: dict[str, Any]) -> bool:
-        curve.append(
-            [
-                float(metrics.get("wall_time", math.nan)),
-                float(metrics.get("agent_steps", math.nan)),
-                float(metrics.get("score", math.nan)),
-            ]
-        )
+        last.update(metrics)
+        score = _number(metrics.get("score"))
+        if math.isfinite(score):
+            curve.append([time.monotonic() - start, _number(metrics.get("agent_steps")), score])
         return True
 
     config = dict(job.config)
     try:
         cfg = job_config(job, sweep_name, workers)
         config = cfg.to_dict()
+        start = time.monotonic()
         result = (train_fn or _default_train())(cfg, on_epoch=on_epoch)
-        metrics = dict(result.metrics)
-        score = float(metrics.get("score", math.nan))
-        cost = float(metrics.get("wall_time", math.nan))
-        steps = float(metrics.get("agent_steps", math.nan))
-        sps = float(metrics.get("sps", math.nan))
-        if math.isnan(sps) and cost > 0:
-            sps = steps / cost
-        if not curve and getattr(result, "history", None):
-            curve = [
-                [
-                    float(m.get("wall_time", math.nan)),
-                    float(m.get("agent_steps", math.nan)),
-                    float(m.get("score", math.nan)),
-                ]
-                for m in result.history
-            ]
-        error = ""
-        if not math.isfinite(score):
-            error = "the run finished without a finite score (no episode ended?)"
-        elif not math.isfinite(cost):
-            error = "the run's metrics have no wall_time"
+        cost = time.monotonic() - start
+        metrics = dict(getattr(result, "metrics", None) or last)
+        steps = _number(metrics.get("agent_steps"))
+        sps = _number(metrics.get("sps"))
+        if not math.isfinite(sps) and math.isfinite(steps):
+            sps = steps / _number(metrics.get("wall_time", cost))
+        recent = [point[2] for point in curve[-SCORE_WINDOW:]]
+        score = sum(recent) / len(recent) if recent else _number(metrics.get("score"))
+        error = "" if math.isfinite(score) else "no episode finished during the run (score stayed NaN)"
         return Outcome(job, score, cost, steps, sps, curve, config, error)
     except Exception as e:
         return Outcome(
@@ -237,12 +259,17 @@ def reproduce(
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     opened = open_storage(sweep.name, storage, sweeps_dir, create=True)
-    study = optuna.create_study(
-        study_name=sweep.name + REPRODUCE_SUFFIX,
-        storage=opened,
-        directions=["maximize", "minimize"],
-        load_if_exists=True,
-    )
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what is being created
+    try:
+        study = optuna.create_study(
+            study_name=sweep.name + REPRODUCE_SUFFIX,
+            storage=opened,
+            directions=["maximize", "minimize"],
+            load_if_exists=True,
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     study.set_user_attr("source_study", sweep.name)
     outcomes: list[Outcome] = []
 

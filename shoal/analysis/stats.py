@@ -184,6 +184,12 @@ def parameter_summary(
                     row["verdict"] = f"above default in {above}/{n} top runs"
                 elif below > n / 2:
                     row["verdict"] = f"below default in {below}/{n} top runs"
+                elif above + below == 0:
+                    row["verdict"] = f"equal to default in {n}/{n} top runs"
+                elif below == 0:
+                    row["verdict"] = f"at or above default in {n}/{n} top runs ({above} above)"
+                elif above == 0:
+                    row["verdict"] = f"at or below default in {n}/{n} top runs ({below} below)"
                 else:
                     row["verdict"] = f"mixed: {above} above, {below} below, {n - above - below} equal"
             else:
@@ -283,6 +289,8 @@ def param_importance(
     """
     valid = frame[np.isfinite(frame["score"])] if not frame.empty else frame
     names = [n for n in distributions if n in valid and valid[n].notna().all() and valid[n].nunique() > 1]
+    # The evaluators need every parameter in every trial; conditional ones are left out and named.
+    partial = [n for n in distributions if n in valid and valid[n].isna().any() and valid[n].notna().any()]
     if len(valid) < MIN_TRIALS_FOR_IMPORTANCE:
         return Importance(
             pd.DataFrame(),
@@ -333,6 +341,8 @@ def param_importance(
     table = pd.DataFrame(columns).reindex(list(dists)).fillna(0.0)
     table = table.sort_values(list(columns)[0], ascending=False)
     table.index.name = "parameter"
+    if partial:
+        problems.append(f"left out because not every trial set them: {', '.join(sorted(partial))}")
     return Importance(table, "; ".join(problems), list(columns))
 
 

@@ -115,14 +115,21 @@ def _not_found_message(name: str, storage: str | None, sweeps_dir: str | Path) -
     return f"no sweep named '{name}' in {where}, and no sweeps were found ({scanned} scanned)."
 
 
+def _open_study(
+    name: str, storage: str | None, sweeps_dir: str | Path
+) -> tuple[optuna.Study, BaseStorage, list[str]]:
+    opened = open_storage(name, storage, sweeps_dir)
+    names = optuna.get_all_study_names(opened) if opened is not None else []
+    if opened is None or name not in names:
+        raise SweepNotFoundError(_not_found_message(name, storage, sweeps_dir))
+    return optuna.load_study(study_name=name, storage=opened), opened, names
+
+
 def load_study(
     name: str, storage: str | None = None, sweeps_dir: str | Path = DEFAULT_SWEEPS_DIR
 ) -> optuna.Study:
     """The Optuna study of sweep NAME; SweepNotFoundError (listing existing sweeps) if absent."""
-    opened = open_storage(name, storage, sweeps_dir)
-    if opened is None or name not in optuna.get_all_study_names(opened):
-        raise SweepNotFoundError(_not_found_message(name, storage, sweeps_dir))
-    return optuna.load_study(study_name=name, storage=opened)
+    return _open_study(name, storage, sweeps_dir)[0]
 
 
 def _finite(value: Any) -> float:
@@ -252,7 +259,7 @@ def load_sweep(name: str, storage: str | None = None, sweeps_dir: str | Path = D
     Raises SweepNotFoundError, whose message lists the sweeps that exist, when NAME is absent.
     Failed, pruned and running trials are counted but left out of ``Sweep.trials``.
     """
-    study = load_study(name, storage, sweeps_dir)
+    study, opened, study_names = _open_study(name, storage, sweeps_dir)
     all_trials = study.get_trials(deepcopy=False)
     counts = {state.name: 0 for state in TrialState}
     for trial in all_trials:
@@ -266,9 +273,8 @@ def load_sweep(name: str, storage: str | None = None, sweeps_dir: str | Path = D
     attrs = study.user_attrs
     base_config = attrs.get("base_config") if isinstance(attrs.get("base_config"), dict) else {}
     reproductions = pd.DataFrame(columns=BASE_COLUMNS + ["source_trial"])
-    opened = open_storage(name, storage, sweeps_dir)
     repro_name = name + REPRODUCE_SUFFIX
-    if opened is not None and repro_name in optuna.get_all_study_names(opened):
+    if repro_name in study_names:
         repro = optuna.load_study(study_name=repro_name, storage=opened)
         reproductions = reproduction_frame(repro.get_trials(deepcopy=False))
     return Sweep(

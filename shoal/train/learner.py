@@ -46,6 +46,10 @@ def prioritized_sample(
     return idx, weights
 
 
+def _take(tensor: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    return tensor if idx is None else tensor[idx]
+
+
 class Learner:
     def __init__(
         self,
@@ -83,6 +87,7 @@ class Learner:
         self.segments_per_chunk = max(1, cfg.max_minibatch_size // horizon)
         self.update = 0  # optimizer steps taken, the schedule's position
         self.params = [p for p in policy.parameters() if p.requires_grad]
+        self._arange = torch.arange(buffer.num_segments, device=buffer.obs.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return self.autocast() if self.autocast is not None else contextlib.nullcontext()
@@ -135,9 +140,12 @@ class Learner:
                 if cfg.prio_alpha > 0:
                     beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * self.progress()
                     idx, weights = prioritized_sample(advantages_seg, per, cfg.prio_alpha, beta)
+                elif self.num_minibatches == 1:
+                    # The whole buffer in one minibatch: its order does not matter, skip the gathers.
+                    idx = None
                 else:
                     idx = order[m * per : (m + 1) * per]
-                adv = advantages_seg[idx]
+                adv = _take(advantages_seg, idx)
                 if weights is not None:
                     adv = adv * weights.unsqueeze(1)
                 if cfg.norm_adv:
@@ -146,26 +154,32 @@ class Learner:
                     lr_factor(self.progress(), cfg.lr_schedule, cfg.warmup_fraction, cfg.min_lr_ratio)
                 )
                 self.opt.zero_grad()
-                for lo in range(0, len(idx), self.segments_per_chunk):
-                    chunk = idx[lo : lo + self.segments_per_chunk]
-                    share = len(chunk) / len(idx)
-                    state = (state_h[chunk], state_c[chunk]) if policy.use_lstm else None
+                for lo in range(0, per, self.segments_per_chunk):
+                    if idx is None and self.segments_per_chunk >= per:
+                        chunk, share = None, 1.0
+                    else:
+                        chunk = (idx if idx is not None else self._arange)[lo : lo + self.segments_per_chunk]
+                        share = len(chunk) / per
+                    state = (_take(state_h, chunk), _take(state_c, chunk)) if policy.use_lstm else None
                     with self._autocast():
-                        logits, values = self.forward_fn(obs[chunk], starts[chunk], state)
-                    new_log_prob, entropy = evaluate_actions(policy, logits, actions[chunk])
+                        logits, values = self.forward_fn(_take(obs, chunk), _take(starts, chunk), state)
+                    new_log_prob, entropy = evaluate_actions(policy, logits, _take(actions, chunk))
                     terms = ppo_loss(
-                        new_log_prob, old_log_probs[chunk], adv[lo : lo + len(chunk)], values.float(),
-                        old_values[chunk], returns_seg[chunk], entropy,
+                        new_log_prob, _take(old_log_probs, chunk), adv[lo : lo + self.segments_per_chunk],
+                        values.float(), _take(old_values, chunk), _take(returns_seg, chunk), entropy,
                         cfg.clip_coef, cfg.vf_clip_coef, cfg.vf_coef, cfg.ent_coef,
                     )
-                    (terms.loss * share).backward()
+                    (terms.loss * share if share != 1.0 else terms.loss).backward()
                     with torch.no_grad():
                         totals += share * torch.stack(
                             [terms.policy_loss, terms.value_loss, terms.entropy, terms.approx_kl,
                              terms.clip_fraction]
                         ).detach()
                         if cfg.vtrace:
-                            ratio_seg[chunk] = terms.ratio.detach()
+                            if chunk is None:
+                                ratio_seg.copy_(terms.ratio.detach())
+                            else:
+                                ratio_seg[chunk] = terms.ratio.detach()
                 if cfg.max_grad_norm > 0:
                     nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
                 self.opt.step()

@@ -91,13 +91,13 @@ def make_optimizer(policy: nn.Module, train_cfg) -> Optimizers:
         params = [p for p in policy.parameters() if p.requires_grad]
         return Optimizers(
             [torch.optim.Adam(params, lr=lr, betas=betas, eps=train_cfg.eps,
-                              weight_decay=train_cfg.weight_decay, foreach=True)]
+                              weight_decay=train_cfg.weight_decay, fused=True)]
         )
     if name == "adamw":
         params = [p for p in policy.parameters() if p.requires_grad]
         return Optimizers(
             [torch.optim.AdamW(params, lr=lr, betas=betas, eps=train_cfg.eps,
-                               weight_decay=train_cfg.weight_decay, foreach=True)]
+                               weight_decay=train_cfg.weight_decay, fused=True)]
         )
     if name == "muon":
         groups = policy.parameter_groups()
