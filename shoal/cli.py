@@ -23,6 +23,7 @@ PASSTHROUGH: dict[str, tuple[str, str, str]] = {
     "analyze": ("shoal.analysis.cli", "analyze_main", "summarize a sweep: fronts, tables, importance, plots"),
     "reproduce": ("shoal.analysis.cli", "reproduce_main", "re-run sweep trials or a config over seeds"),
     "compare": ("shoal.analysis.cli", "compare_main", "compare runs or sweeps with significance tests"),
+    "mup-check": ("shoal.mup", "mup_check_main", "muP coordinate check: activation sizes across widths"),
 }
 
 FLAGS_HELP = """\
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(regular)
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 2
+        return exit_status(e)
     if args.command is None:
         parser.print_help()
         return 0
@@ -174,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def exit_status(e: SystemExit) -> int:
+    """The status a SystemExit would give the process (None is success, a message is failure)."""
+    if e.code is None:
+        return 0
+    return e.code if isinstance(e.code, int) else 1
+
+
 def fail(command: str, message: str, status: int = 2) -> int:
     print(f"{PROG} {command}: error: {message}", file=sys.stderr)
     return status
@@ -186,14 +194,14 @@ def run_passthrough(command: str, argv: list[str]) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name is not None and module_name.startswith(e.name):
+        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
             return fail(command, f"'shoal {command}' is not available in this install (no {module_name})", 1)
         raise
     function: Callable[[list[str]], int] = getattr(module, function_name)
     try:
         return int(function(argv) or 0)
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return exit_status(e)
     except KeyboardInterrupt:
         print(f"\n{PROG} {command}: interrupted", file=sys.stderr)
         return 130
@@ -283,14 +291,25 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def print_train_summary(cfg: Any, result: Any) -> None:
+def last_score(result: Any) -> tuple[str, float] | None:
+    """The run's latest finite score: the mean of the last 100 episodes when reported, else the
+    last epoch in which an episode ended (an epoch shorter than an episode reports NaN)."""
     import math
 
+    history = list(getattr(result, "history", None) or []) or [getattr(result, "metrics", None) or {}]
+    for label, key in (("score (last 100 episodes)", "score_100"), ("last score", "score")):
+        for metrics in reversed(history):
+            value = metrics.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                return label, float(value)
+    return None
+
+
+def print_train_summary(cfg: Any, result: Any) -> None:
     metrics = getattr(result, "metrics", None) or {}
     run_dir = getattr(result, "run_dir", None)
     steps = metrics.get("agent_steps")
     wall = metrics.get("wall_time")
-    score = metrics.get("score")
     parts = []
     if steps is not None:
         parts.append(f"{int(steps):,} agent steps")
@@ -298,8 +317,9 @@ def print_train_summary(cfg: Any, result: Any) -> None:
         parts.append(f"in {float(wall):.1f} s")
     if steps and wall:
         parts.append(f"({float(steps) / float(wall):,.0f} steps/s)")
-    if isinstance(score, (int, float)) and math.isfinite(score):
-        parts.append(f"last score {score:.4g}")
+    score = last_score(result)
+    if score is not None:
+        parts.append(f"{score[0]} {score[1]:.4g}")
     print("done: " + " ".join(parts) if parts else "done")
     if run_dir is not None:
         print(f"run folder: {run_dir}")

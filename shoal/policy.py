@@ -204,14 +204,16 @@ class Policy(nn.Module):
         else:
             h, c = state[0].float(), state[1].float()
         # The input projection of every step is one large matmul; only the recurrent part loops.
-        gates_x = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
-        keep = (1.0 - starts.float()).unsqueeze(-1)
+        # Time-major so that unbind gives each step's slice and its backward is one stack
+        # (indexing [:, t] would materialize a full-size gradient per step).
+        gates_x = F.linear(x.transpose(0, 1), lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        keep = (1.0 - starts.float()).t().unsqueeze(-1).unbind(0)
         w_hh = lstm.weight_hh_l0
         outputs = []
-        for t in range(horizon):
-            h = h * keep[:, t]
-            c = c * keep[:, t]
-            h, c = _lstm_update(gates_x[:, t] + F.linear(h.to(gates_x.dtype), w_hh), c)
+        for t, gates_t in enumerate(gates_x.unbind(0)):
+            h = h * keep[t]
+            c = c * keep[t]
+            h, c = _lstm_update(gates_t + F.linear(h.to(gates_t.dtype), w_hh), c)
             outputs.append(h)
         return torch.stack(outputs, dim=1)
 
@@ -287,7 +289,7 @@ def evaluate_actions(
 
 def make_policy(observation_space: gymnasium.Space, action_space: gymnasium.Space, policy_cfg) -> Policy:
     """Build the policy a `PolicyConfig` describes."""
-    return Policy(
+    policy = Policy(
         observation_space,
         action_space,
         hidden_size=policy_cfg.hidden_size,
@@ -295,3 +297,8 @@ def make_policy(observation_space: gymnasium.Space, action_space: gymnasium.Spac
         num_layers=policy_cfg.num_layers,
         activation=policy_cfg.activation,
     )
+    if getattr(policy_cfg, "parametrization", "standard") == "mup":
+        from shoal.mup import apply_mup
+
+        apply_mup(policy, policy_cfg.base_width)
+    return policy

@@ -230,14 +230,20 @@ class GifWriter:
     def _text_images_of(self, frames: Sequence[str]) -> list[Any]:
         from PIL import Image, ImageDraw
 
-        font = load_monospace_font(self.font_size)
-        cell_w = max(int(round(font.getlength("M"))), 1)
-        ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (self.font_size, 0)
-        cell_h = max(ascent + descent, 1)
-        monospace = font.getlength("i") == font.getlength("M")
         grids = [parse_ansi(frame) for frame in frames]
         cols = max((len(row) for grid in grids for row in grid), default=1) or 1
         rows = max((len(grid) for grid in grids), default=1) or 1
+        # A huge text frame would make a huge GIF: shrink the font to keep the long side near
+        # MAX_SIDE pixels (cells are about 0.6 x 1.2 font sizes).
+        font_size = self.font_size
+        long_side = max(0.6 * cols, 1.2 * rows)
+        if long_side * font_size > MAX_SIDE:
+            font_size = max(int(MAX_SIDE / long_side), MIN_FONT_SIZE)
+        font = load_monospace_font(font_size)
+        cell_w = max(int(round(font.getlength("M"))), 1)
+        ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font_size, 0)
+        cell_h = max(ascent + descent, 1)
+        monospace = font.getlength("i") == font.getlength("M")
         pad = cell_w // 2
         size = (cols * cell_w + 2 * pad, rows * cell_h + 2 * pad)
 
@@ -277,6 +283,9 @@ class GifWriter:
             image.putpalette(flat)
         return images
 
+
+MAX_SIDE = 2048
+MIN_FONT_SIZE = 6
 
 # Block characters drawn as exact rectangles (fraction of the cell from top to bottom), so
 # adjacent blocks tile without the gaps a font's glyphs leave.

@@ -380,7 +380,10 @@ def test_analyze_vs_other_sweep_with_and_without_reproductions(
     out_dir = tmp_path / "both"
     assert analyze_main(["big", "--vs", "small", "--out", str(out_dir), "--top", "4"]) == 0
     out = capsys.readouterr().out
-    assert "best-k trial scores (k=4)" in out and "no seed re-runs for big, small" in out
+    assert (
+        "best-k trial scores (k=4: 4 from big, 4 from small)" in out
+        and "no seed re-runs for big, small" in out
+    )
     assert "SIGNIFICANT" in out  # big's scores (~60-100) are far above small's (1-3)
     for name in REPORT_FILES + ["params_small.png", "importance_small.png", "trials_small.csv"]:
         assert (out_dir / name).stat().st_size > 0, name
@@ -577,7 +580,9 @@ def test_compare_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_int_bool_and_conditional_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     dists = {
-        "train.bptt_horizon": IntDistribution(16, 128, log=True),
+        # Power-of-two sizes are stored the way `shoal sweep` stores them: categorical numbers.
+        "train.bptt_horizon": CategoricalDistribution((16, 32, 64, 128)),
+        "train.update_epochs": IntDistribution(1, 4),
         "policy.lstm": CategoricalDistribution([True, False]),
         "train.muon_momentum": FloatDistribution(0.8, 0.99),
     }
@@ -591,6 +596,7 @@ def test_int_bool_and_conditional_parameters(tmp_path: Path, monkeypatch: pytest
         params: dict[str, Any] = {
             "train.bptt_horizon": int(rng.choice([16, 32, 64, 128])),
             "policy.lstm": i % 3 == 0,
+            "train.update_epochs": 1 + i % 4,
         }
         if i % 2:
             params["train.muon_momentum"] = float(rng.uniform(0.8, 0.99))
@@ -601,7 +607,7 @@ def test_int_bool_and_conditional_parameters(tmp_path: Path, monkeypatch: pytest
     sweep = load_sweep("mixed")
     importance = param_importance(sweep.trials, sweep.distributions)
     assert importance.ok and "train.muon_momentum" in importance.message
-    assert set(importance.table.index) == {"train.bptt_horizon", "policy.lstm"}
+    assert set(importance.table.index) == {"train.bptt_horizon", "policy.lstm", "train.update_epochs"}
     defaults = param_defaults(sweep.param_names)
     summary = parameter_summary(sweep.trials, top_n(sweep.trials, 4), sweep.param_names, defaults)
     verdicts = dict(zip(summary["parameter"], summary["verdict"], strict=True))
@@ -610,3 +616,20 @@ def test_int_bool_and_conditional_parameters(tmp_path: Path, monkeypatch: pytest
     assert verdicts["train.bptt_horizon"] == "at or above default in 4/4 top runs (2 above)"
     assert analyze_main(["mixed", "--top", "4"]) == 0
     assert (tmp_path / "sweeps" / "mixed-report" / "params.png").stat().st_size > 0
+
+
+def test_analyze_bare_trials_in_an_rdb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Trials with values only (no params, no user attrs) still give fronts, tables and every file.
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'bare.db'}"
+    study = optuna.create_study(study_name="bare", storage=url, directions=["maximize", "minimize"])
+    for score, cost in ((1.0, 5.0), (2.0, 3.0), (3.0, 9.0)):
+        study.add_trial(create_trial(values=[score, cost]))
+    assert analyze_main(["bare", "--storage", url, "--min-score", "2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "needs at least 5 completed trials with a score; this sweep has 3" in out
+    assert "#1" in out and "#2" in out
+    for name in REPORT_FILES:
+        assert (tmp_path / "sweeps" / "bare-report" / name).stat().st_size > 0, name

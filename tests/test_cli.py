@@ -245,7 +245,9 @@ def test_train_writes_a_run_folder(trained_run: tuple[Path, str]) -> None:
     assert metrics[-1]["agent_steps"] >= 20000
     # --quiet gives plain log lines, one per epoch with a zero interval.
     assert out.count("[cartpole] epoch") == len(metrics)
-    assert "done: " in out and str(run_dir) in out
+    done = next(line for line in out.splitlines() if line.startswith("done: "))
+    assert "agent steps" in done and "score" in done
+    assert str(run_dir) in out
 
 
 def test_eval_writes_a_gif(trained_run: tuple[Path, str], tmp_path: Path) -> None:
@@ -351,3 +353,23 @@ def test_gif_frames_share_one_canvas_and_palette(tmp_path: Path) -> None:
     assert (13, 188, 121) in {color for _, color in first.getcolors(1 << 16)}
     with pytest.raises(ValueError, match="no frames"):
         GifWriter().write(tmp_path / "empty.gif")
+
+
+def test_huge_text_frames_are_drawn_smaller(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from shoal.render import MAX_SIDE, GifWriter
+
+    writer = GifWriter()
+    writer.add(("#" * 400 + "\n") * 200)
+    with Image.open(writer.write(tmp_path / "big.gif")) as image:
+        assert max(image.size) <= 1.2 * MAX_SIDE
+
+
+def test_summary_score_skips_epochs_without_episodes() -> None:
+    nan = float("nan")
+    result = types.SimpleNamespace(history=[{"score": 10.0}, {"score": 12.0}, {"score": nan}], metrics={})
+    assert cli.last_score(result) == ("last score", 12.0)
+    result.history[-1]["score_100"] = 11.0
+    assert cli.last_score(result) == ("score (last 100 episodes)", 11.0)
+    assert cli.last_score(types.SimpleNamespace(history=[], metrics={"score": nan})) is None

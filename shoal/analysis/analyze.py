@@ -114,8 +114,9 @@ def compare_sweeps(a: SweepAnalysis, b: SweepAnalysis, k: int | None = None) -> 
         scores_a, scores_b, f"{name_a} best {len(scores_a)}", f"{name_b} best {len(scores_b)}"
     )
     label = (
-        f"best-k trial scores (k={k}) of each sweep: different configs, one seed each, so this compares "
-        "what each sweep found, not the seed noise of one config"
+        f"best-k trial scores (k={k}: {len(scores_a)} from {name_a}, {len(scores_b)} from {name_b}): "
+        "different configs, one seed each, so this compares what each sweep found, not the seed noise "
+        "of one config"
     )
     return SweepComparison("best-k trials", label, comparison, notes)
 
@@ -219,18 +220,17 @@ def write_outputs(
         report.image(files["curves"], "learning curves")
         if analysis.fastest is not None:
             report.heading(f"Fastest to score >= {analysis.min_score:g}: {sweep.name}")
-            shown = analysis.fastest[["trial", "cost_to_reach", "steps_to_reach", "score", "cost"]].head(
-                analysis.top_n
-            )
-            report.table(
-                shown.rename(
-                    columns={
-                        "cost_to_reach": "cost to reach (s)",
-                        "steps_to_reach": "steps to reach",
-                        "cost": "total cost (s)",
-                    }
-                )
-            )
+            if analysis.fastest.empty:
+                report.paragraph(f"No trial reached score {analysis.min_score:g}.", "note")
+            else:
+                columns = ["trial", "cost_to_reach", "steps_to_reach", "score", "cost"]
+                shown = analysis.fastest[columns].head(analysis.top_n)
+                names = {
+                    "cost_to_reach": "cost to reach (s)",
+                    "steps_to_reach": "steps to reach",
+                    "cost": "total cost (s)",
+                }
+                report.table(shown.rename(columns=names))
         report.heading(f"Parameters: {sweep.name}")
         report.image(files["params"], "score vs parameters")
         report.heading(f"Parameter importance: {sweep.name}")

@@ -77,7 +77,11 @@ def _analyze_parser() -> argparse.ArgumentParser:
         "parameter importance, seed significance; PNGs and report.html in --out.",
     )
     parser.add_argument("name", help="sweep name (its study; by default stored in sweeps/NAME.journal)")
-    parser.add_argument("--vs", metavar="OTHER", help="a second sweep to compare against (same storage)")
+    parser.add_argument(
+        "--vs",
+        metavar="OTHER",
+        help="a second sweep to compare against (found like NAME, or in --vs-storage)",
+    )
     parser.add_argument(
         "--storage", metavar="URL", help="Optuna RDB URL or journal file (default sweeps/NAME.journal)"
     )
@@ -151,7 +155,7 @@ def _print_analysis(console: Console, analysis: Any) -> None:
                 "original": "sweep score",
             }
         )
-        console.print(_table(summary, "Seed re-runs (NAME:reproduce)"))
+        console.print(_table(summary, f"Seed re-runs ({sweep.name}:reproduce)"))
         for test in analysis.repro_tests:
             _print_verdict(console, test)
     else:
@@ -186,6 +190,11 @@ def analyze_main(argv: list[str]) -> int:
             sweeps.append(load_sweep(args.vs, args.vs_storage or args.storage, args.sweeps_dir))
     except SweepNotFoundError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False)
+        return EXIT_ERROR
+    except Exception as e:  # unreachable database, bad URL, missing driver: say which storage
+        where = args.storage or f"{args.sweeps_dir}/*.journal"
+        message = f"cannot read sweeps from {where}: {type(e).__name__}: {e}"
+        console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
         return EXIT_ERROR
     empty = [s for s in sweeps if s.empty]
     for sweep in empty:
@@ -296,6 +305,11 @@ def reproduce_main(argv: list[str], train_fn: Callable[..., Any] | None = None) 
         jobs = plan_jobs(sweep, args.top, args.seeds, args.max_cost, args.config)
     except (SweepNotFoundError, ValueError, FileNotFoundError, ConfigError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False)
+        return EXIT_ERROR
+    except Exception as e:  # unreachable database, bad URL, missing driver: say which storage
+        where = args.storage or f"{args.sweeps_dir}/{args.name}.journal"
+        message = f"cannot read sweep '{args.name}' from {where}: {type(e).__name__}: {e}"
+        console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
         return EXIT_ERROR
     sources = sorted({j.source_trial for j in jobs}, key=lambda s: (s < 0, s))
     console.print(

@@ -16,9 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
-from optuna.distributions import BaseDistribution, CategoricalDistribution  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, NullLocator  # noqa: E402
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution  # noqa: E402
 
+from shoal.analysis.report import publish  # noqa: E402
 from shoal.analysis.stats import config_label, pareto_front, reproduction_summary  # noqa: E402
 
 STYLE = {
@@ -53,7 +54,7 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):
@@ -124,7 +125,7 @@ def plot_fronts(
         what = "cost" if x == "cost" else "agent steps"
         ax.set_title(f"Score vs {what}: " + " vs ".join(name for name, _ in sweeps))
         ax.set_xlabel(AXIS_LABELS[x])
-        ax.set_ylabel("score (final mean episode score)")
+        ax.set_ylabel("score (sweep objective)")
         return save_figure(fig, path)
 
 
@@ -153,14 +154,39 @@ def plot_sps(sweeps: list[tuple[str, pd.DataFrame]], path: str | Path) -> Path:
             ax.legend(loc="best")
         else:
             _no_data(ax, "no trial recorded steps/s")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
         ax.set_title("Throughput per trial (steps/s)")
         ax.set_xlabel("trial number")
         ax.set_ylabel("agent steps per second")
         return save_figure(fig, path)
 
 
-def _is_log(dist: BaseDistribution | None) -> bool:
-    return bool(getattr(dist, "log", False))
+def _numeric_values(values: pd.Series) -> bool:
+    """Numbers (also categorical ones such as power-of-two sizes) get a numeric axis; bools do not."""
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    if pd.api.types.is_numeric_dtype(values):
+        return True
+    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) for v in values)
+
+
+def _log_axis(dist: BaseDistribution | None, values: pd.Series) -> bool:
+    if not (values > 0).all():
+        return False
+    if getattr(dist, "log", False):
+        return True
+    # Categorical numbers like 16, 32, ..., 512 are sampled on a log scale even without a log flag.
+    return isinstance(dist, CategoricalDistribution) and values.max() / values.min() >= 8
+
+
+def _ordered_labels(values: pd.Series) -> list[str]:
+    unique = list(dict.fromkeys(values))
+    try:
+        unique.sort()
+    except TypeError:  # mixed types: fall back to text order
+        unique.sort(key=str)
+    return [str(v) for v in unique]
 
 
 def plot_param_scatter(
@@ -196,12 +222,8 @@ def plot_param_scatter(
             default = defaults.get(name)
             if subset.empty:
                 _no_data(ax, "no values")
-            elif (
-                isinstance(dist, CategoricalDistribution)
-                or not pd.api.types.is_numeric_dtype(subset[name])
-                or pd.api.types.is_bool_dtype(subset[name])
-            ):
-                labels = sorted({str(v) for v in subset[name]})
+            elif not _numeric_values(subset[name]):
+                labels = _ordered_labels(subset[name])
                 position = {label: i for i, label in enumerate(labels)}
                 xs = np.array([position[str(v)] for v in subset[name]], dtype=float)
                 xs += rng.uniform(-0.15, 0.15, size=len(xs))
@@ -213,21 +235,26 @@ def plot_param_scatter(
                     match = [lbl for lbl in labels if lbl.lower() == str(default).lower()][0]
                     ax.axvline(position[match], color="0.3", linestyle="--", linewidth=1)
             else:
+                values = subset[name].astype(float)
                 mappable = ax.scatter(
-                    subset[name].astype(float),
-                    subset["score"],
-                    c=subset["cost"],
-                    cmap="viridis",
-                    norm=norm,
-                    s=22,
+                    values, subset["score"], c=subset["cost"], cmap="viridis", norm=norm, s=22
                 )
-                if _is_log(dist) and (subset[name].astype(float) > 0).all():
+                if _log_axis(dist, values):
                     ax.set_xscale("log")
+                    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+                    ax.xaxis.set_minor_formatter(NullFormatter())
+                if isinstance(dist, CategoricalDistribution):
+                    ax.set_xticks(sorted(values.unique()))  # the few values a sweep can pick
+                    ax.xaxis.set_minor_locator(NullLocator())
+                elif ax.get_xscale() != "log" and (
+                    isinstance(dist, IntDistribution) or (values == values.round()).all()
+                ):
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 if isinstance(default, (int, float)) and not isinstance(default, bool):
                     ax.axvline(default, color="0.3", linestyle="--", linewidth=1, label="default")
                     ax.legend(loc="best")
             ax.set_title(name, fontsize=10)
-            ax.set_xlabel(name + (" (log scale)" if _is_log(dist) else ""))
+            ax.set_xlabel(name + (" (log scale)" if ax.get_xscale() == "log" else ""))
             ax.set_ylabel("score")
         if mappable is not None:
             bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.9)
@@ -400,7 +427,7 @@ def plot_run_curves(
             ax.legend(loc="best")
         else:
             _no_data(ax, f"no run has both '{x}' and '{metric}'")
-        ax.set_title(f"{metric} vs {'wall time' if x == 'wall_time' else 'agent steps'}")
+        ax.set_title(f"Learning curves: {metric} vs {'wall time' if x == 'wall_time' else 'agent steps'}")
         ax.set_xlabel(AXIS_LABELS.get(x, x))
         ax.set_ylabel(metric)
         return save_figure(fig, path)

@@ -27,6 +27,17 @@ img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; }
 """
 
 
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Give a finished temp file the usual permissions and move it into place atomically.
+
+    mkstemp creates files readable by the owner only; a report is meant to be shared.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write text via a temp file in the same folder and os.replace."""
     path = Path(path)
@@ -35,7 +46,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -202,8 +202,9 @@ def run_job(job: Job, sweep_name: str, workers: int, train_fn: TrainFn | None = 
         metrics = dict(getattr(result, "metrics", None) or last)
         steps = _number(metrics.get("agent_steps"))
         sps = _number(metrics.get("sps"))
-        if not math.isfinite(sps) and math.isfinite(steps):
-            sps = steps / _number(metrics.get("wall_time", cost))
+        seconds = _number(metrics.get("wall_time", cost))
+        if not math.isfinite(sps) and math.isfinite(steps) and seconds > 0:
+            sps = steps / seconds
         recent = [point[2] for point in curve[-SCORE_WINDOW:]]
         score = sum(recent) / len(recent) if recent else _number(metrics.get("score"))
         error = "" if math.isfinite(score) else "no episode finished during the run (score stayed NaN)"
@@ -286,7 +287,15 @@ def reproduce(
     # Spawned (not forked) workers: forking a process that has torch threads running can deadlock.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(run_job, job, sweep.name, workers, train_fn) for job in jobs]
+        futures = {pool.submit(run_job, job, sweep.name, workers, train_fn): job for job in jobs}
         for future in as_completed(futures):
-            finish(future.result())
+            try:
+                outcome = future.result()
+            except Exception as e:  # the worker process itself died (or the job could not be sent)
+                job = futures[future]
+                nan = math.nan
+                outcome = Outcome(
+                    job, nan, nan, nan, nan, [], job.config, f"worker failed: {type(e).__name__}: {e}"
+                )
+            finish(outcome)
     return outcomes

@@ -423,7 +423,8 @@ class Comparison:
         line = (
             f"{self.label_a} (n={self.a.n}, mean {format_value(self.a.mean)}) vs {self.label_b} "
             f"(n={self.b.n}, mean {format_value(self.b.mean)}): difference {format_value(self.diff)} "
-            f"[95% CI {format_value(low)} .. {format_value(high)}], Mann-Whitney U p={self.p_value:.3g} "
+            f"[{(1 - self.alpha) * 100:g}% CI {format_value(low)} .. {format_value(high)}], "
+            f"Mann-Whitney U p={self.p_value:.3g} "
             f"-> {self.verdict} at alpha {self.alpha}"
         )
         return line + (f" ({self.note})" if self.note else "")

@@ -7,6 +7,7 @@ import sys
 
 import optuna
 from rich.console import Console
+from rich.text import Text
 
 from shoal.config import ConfigError, load_config
 from shoal.sweep.progress import LiveProgress, front_table
@@ -108,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
             train_fn=args.train_fn,
         )
     except (ConfigError, SweepError, ValueError) as e:
-        err.print(f"[red]error:[/red] {e}")
+        _error(err, e)
         return 2
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console.print(
         f"sweep [bold]{settings.name}[/bold] on {settings.env}: {len(space)} parameters, "
-        f"sampler {settings.sampler}, storage {settings.url}"
+        f"sampler {settings.sampler}, storage {settings.url}",
+        soft_wrap=True,
     )
     try:
         if args.quiet:
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_sweep(settings, base, on_tick=live.tick)
                 live.tick(optuna.load_study(study_name=settings.name, storage=_storage(settings)), force=True)
     except (SweepError, ConfigError) as e:
-        err.print(f"[red]error:[/red] {e}")
+        _error(err, e)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted: run the same command again to resume the sweep")
@@ -133,9 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     c = result.counts
     console.print(
         f"{c['complete']} complete, {c['pruned']} stopped early, {c['failed']} failed "
-        f"({c['requeued']} re-queued). Browse it with: optuna-dashboard {settings.url}"
+        f"({c['requeued']} re-queued). Browse it with: optuna-dashboard {settings.url}",
+        soft_wrap=True,
     )
     return 0
+
+
+def _error(console: Console, error: Exception) -> None:
+    # Messages may hold brackets ([sweep] tables, trial lists): print them as plain text.
+    console.print(Text("error: ", style="red") + Text(str(error)), soft_wrap=True)
 
 
 def _storage(settings: SweepSettings) -> optuna.storages.BaseStorage:

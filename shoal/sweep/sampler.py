@@ -33,12 +33,12 @@ class _Model:
     """A GP on standardized targets.
 
     Fitting kernel hyperparameters is the slow part (cubic in points, times the dimensions),
-    so they are fitted on a subsample, and only again after the data grew by a third or every
+    so they are fitted on a subsample, and only again after the data grew by half or every
     few calls; the GP itself is then conditioned on all points with the kernel held fixed.
     """
 
     def __init__(
-        self, dims: int, seed: int, linear_mean: bool = False, hyper_points: int = 96, refit_every: int = 5
+        self, dims: int, seed: int, linear_mean: bool = False, hyper_points: int = 64, refit_every: int = 5
     ):
         self.kernel: Kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
             length_scale=np.full(dims, 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
@@ -73,7 +73,7 @@ class _Model:
         n = len(y)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            if self.gp is None or n >= 1.33 * self.fitted_on or self.calls % self.refit_every == 0:
+            if self.gp is None or n >= 1.5 * self.fitted_on or self.calls % self.refit_every == 0:
                 sub = np.arange(n)
                 if n > self.hyper_points:
                     sub = self.rng.choice(n, size=self.hyper_points, replace=False)

@@ -115,6 +115,7 @@ class Dashboard:
         self.sps_smoothed: float | None = None
         self.scores: deque[float] = deque(maxlen=48)
         self.closed = False
+        self._auto_device: str | None = None
 
     def update(self, metrics: Mapping[str, Any]) -> None:
         # A copy, so the trainer may reuse its dict while the drawing thread reads this one.
@@ -165,9 +166,10 @@ class Dashboard:
     def device(self) -> str:
         device = self.metrics.get("device") or self.cfg.train.device
         if device == "auto":
-            torch = sys.modules.get("torch")
-            if torch is not None:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if self._auto_device is None and "torch" in sys.modules:
+                # Asked once: the answer doesn't change during a run.
+                self._auto_device = "cuda" if sys.modules["torch"].cuda.is_available() else "cpu"
+            device = self._auto_device or device
         return str(device)
 
     def threads(self) -> tuple[str, str, str]:
@@ -205,8 +207,8 @@ class RichDashboard(Dashboard):
         if self.closed:
             return
         super().close()
-        # A last draw so the final figures stay on screen; stop() restores cursor and streams.
-        self.live.refresh()
+        # stop() draws once more, so the final figures stay on screen, and restores the cursor
+        # and the redirected stdout/stderr.
         self.live.stop()
 
     def renderable(self) -> RenderableType:

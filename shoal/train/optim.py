@@ -56,7 +56,8 @@ class Optimizers:
 
     def set_lr_factor(self, factor: float) -> None:
         for group in self.param_groups:
-            group["lr"] = group["base_lr"] * factor
+            # lr_scale: the group's muP multiplier (shoal.mup.regroup); 1 when absent.
+            group["lr"] = group["base_lr"] * factor * group.get("lr_scale", 1.0)
 
     def zero_grad(self) -> None:
         for opt in self.optimizers:

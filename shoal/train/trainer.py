@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from shoal.config import Config, ConfigError
+from shoal.mup import regroup
 from shoal.policy import make_policy
 from shoal.train.checkpoint import (
     CHECKPOINT,
@@ -260,7 +261,7 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
         steps_per_agent, total_epochs = validate(cfg, num_agents)
         obs_space, act_space = env.single_observation_space, env.single_action_space
         policy = make_policy(obs_space, act_space, cfg.policy).to(device)
-        optimizers = make_optimizer(policy, tcfg)
+        optimizers = regroup(make_optimizer(policy, tcfg), policy)  # muP learning-rate multipliers
         autocast = None
         if tcfg.precision == "bfloat16":
             autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)

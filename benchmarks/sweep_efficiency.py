@@ -1,0 +1,95 @@
+"""How well each sampler traces the (cost, score) front on synthetic cost-aware problems.
+
+Every problem (shoal/sweep/synthetic.py) has a run-length key (train.total_steps) whose cost
+grows with it, a score that saturates with it, and other keys with an unknown best setting.
+A trial's values are its noisy final score and simulated cost; its curve (ten points) is
+stored as for real runs, so the pareto sampler can use it. The measure is the hypervolume of
+the front of the trials' noise-free scores, with cost on a log scale normalized to the
+problem's cost range (reference point: most expensive cost, score 0), so 1.0 is unreachable
+and larger is better.
+
+    python benchmarks/sweep_efficiency.py            # 10 seeds, 100 trials (slow: GP fits)
+    python benchmarks/sweep_efficiency.py --quick    # 3 seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shoal.sweep.pareto import hypervolume_2d  # noqa: E402
+from shoal.sweep.sampler import SAMPLERS, make_sampler  # noqa: E402
+from shoal.sweep.space import SearchSpace  # noqa: E402
+from shoal.sweep.synthetic import PROBLEMS, Problem  # noqa: E402
+
+
+def normalized_hypervolume(problem: Problem, trials: list[optuna.trial.FrozenTrial]) -> float:
+    lo, hi = (math.log(c) for c in problem.cost_range)
+    costs, scores = [], []
+    for t in trials:
+        cost = t.values[1]
+        costs.append(min(max((math.log(cost) - lo) / (hi - lo), 0.0), 1.0))
+        scores.append(problem.score(t.params, t.params["train.total_steps"]))
+    return hypervolume_2d(costs, scores, ref_cost=1.0, ref_score=0.0)
+
+
+def run(problem: Problem, sampler_name: str, seed: int, checkpoints: list[int]) -> list[float]:
+    space = SearchSpace.from_dict(problem.space)
+    sampler = make_sampler(sampler_name, space, seed=seed)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in range(1, max(checkpoints) + 1):
+        trial = study.ask(fixed_distributions=space.distributions())
+        curve = problem.curve(trial.params, rng)
+        trial.set_user_attr("curve", [list(p) for p in curve])
+        study.tell(trial, [curve[-1][2], curve[-1][0]])
+        if n in checkpoints:
+            out.append(normalized_hypervolume(problem, study.trials))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 seeds instead of 10")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--trials", default="50,100", help="checkpoints (trial counts)")
+    parser.add_argument("--out", default=None, help="write the raw results as JSON here")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    seeds = args.seeds or (3 if args.quick else 10)
+    checkpoints = [int(n) for n in args.trials.split(",")]
+    results: dict[str, dict[str, list[list[float]]]] = {}
+    print(f"seeds={seeds} checkpoints={checkpoints} (median normalized hypervolume, higher is better)")
+    header = f"{'problem':10s} {'sampler':8s} " + " ".join(f"{'HV@' + str(n):>8s}" for n in checkpoints)
+    print(header + f" {'seconds':>8s}")
+    for problem_name in args.problems.split(","):
+        problem = PROBLEMS[problem_name]
+        results[problem_name] = {}
+        for sampler_name in args.samplers.split(","):
+            start = time.perf_counter()
+            runs = [run(problem, sampler_name, seed, checkpoints) for seed in range(seeds)]
+            results[problem_name][sampler_name] = runs
+            medians = np.median(np.array(runs), axis=0)
+            cells = " ".join(f"{m:8.4f}" for m in medians)
+            print(f"{problem_name:10s} {sampler_name:8s} {cells} {time.perf_counter() - start:8.1f}", flush=True)
+    if args.out:
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"seeds": seeds, "checkpoints": checkpoints, "results": results}, indent=1))
+        tmp.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""muP: equality with the standard parametrization at base width, the width rules, the
+optimizer groups and the coordinate check."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+from shoal.config import PolicyConfig, load_config
+from shoal.mup import coord_check, lr_scales, mup_check_main, optimizer_param_groups, param_rules, regroup
+from shoal.policy import make_policy
+from shoal.train.optim import make_optimizer
+
+OBS = gymnasium.spaces.Box(-1, 1, (6,), np.float32)
+ACT = gymnasium.spaces.Discrete(3)
+
+
+def train_cfg(**kw):
+    base = dict(optimizer="adam", learning_rate=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                muon_momentum=0.95, muon_adam_lr_ratio=0.5)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def build(width, parametrization, base_width=32, seed=0, lstm=True, num_layers=2):
+    torch.manual_seed(seed)
+    cfg = PolicyConfig(hidden_size=width, num_layers=num_layers, lstm=lstm, parametrization=parametrization,
+                       base_width=base_width)
+    return make_policy(OBS, ACT, cfg)
+
+
+def group_summary(policy, optimizers):
+    names = {id(p): n for n, p in policy.named_parameters()}
+    out = []
+    for opt in optimizers.optimizers:
+        for g in opt.param_groups:
+            settings = {k: v for k, v in g.items() if k != "params"}
+            out.append((type(opt).__name__, [names[id(p)] for p in g["params"]], settings))
+    return out
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "muon"])
+def test_base_width_equals_standard(optimizer):
+    std, mup = build(32, "standard"), build(32, "mup")
+    assert getattr(mup, "mup_base_width", None) == 32
+    std_state, mup_state = std.state_dict(), mup.state_dict()
+    assert std_state.keys() == mup_state.keys()
+    assert all(torch.equal(std_state[k], mup_state[k]) for k in std_state)
+
+    cfg = train_cfg(optimizer=optimizer)
+    opt_std = regroup(make_optimizer(std, cfg), std)
+    opt_mup = regroup(make_optimizer(mup, cfg), mup)
+    assert group_summary(std, opt_std) == group_summary(mup, opt_mup)
+    assert all(g["lr_scale"] == 1.0 for g in opt_mup.param_groups)
+
+    # Identical updates from identical gradients.
+    obs = torch.randn(5, 4, 6)
+    starts = torch.zeros(5, 4)
+    for policy, opt in ((std, opt_std), (mup, opt_mup)):
+        for _ in range(2):
+            logits, values = policy.forward_sequence(obs, starts)
+            opt.zero_grad()
+            (logits.pow(2).mean() + values.pow(2).mean()).backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(std.parameters(), mup.parameters(), strict=True))
+
+
+def rms(t):
+    return float(t.pow(2).mean().sqrt())
+
+
+def test_init_follows_the_width_rules():
+    base, wide = build(32, "mup", seed=3), build(128, "mup", seed=3)
+    std_wide = build(128, "standard", seed=3)
+    b, w = dict(base.named_parameters()), dict(wide.named_parameters())
+    # Input layer: entry size independent of width (orthogonal init alone would halve it here).
+    assert rms(w["encoder.input.weight"]) == pytest.approx(rms(b["encoder.input.weight"]), rel=0.02)
+    assert rms(dict(std_wide.named_parameters())["encoder.input.weight"]) < 0.6 * rms(b["encoder.input.weight"])
+    # Hidden matrices: variance x base/width, gate by gate for the LSTM.
+    assert rms(w["encoder.hidden.0.weight"]) == pytest.approx(0.5 * rms(b["encoder.hidden.0.weight"]), rel=0.02)
+    for name in ("lstm.weight_ih_l0", "lstm.weight_hh_l0"):
+        for gb, gw in zip(b[name].chunk(4), w[name].chunk(4), strict=True):
+            assert rms(gw) == pytest.approx(0.5 * rms(gb), rel=0.05)
+    # Heads: std x base/width.
+    for name in ("actor.weight", "critic.weight"):
+        assert rms(w[name]) == pytest.approx(0.25 * rms(b[name]), rel=0.05)
+    # The same random draws as the standard policy, only rescaled.
+    ratio = w["encoder.hidden.0.weight"] / dict(std_wide.named_parameters())["encoder.hidden.0.weight"]
+    assert torch.allclose(ratio, torch.ones_like(ratio))
+
+
+def test_lr_scales_and_schedule():
+    policy = build(128, "mup")
+    rules = param_rules(policy, 32)
+    roles = {n: r.role for n, r in rules.items()}
+    assert roles["encoder.input.weight"] == "input" and roles["lstm.weight_hh_l0"] == "hidden"
+    assert roles["actor.weight"] == "output" and roles["lstm.bias_ih_l0"] == "vector"
+    names = {id(p): n for n, p in policy.named_parameters()}
+    adam = {names[k]: v for k, v in lr_scales(policy).items()}
+    assert adam["encoder.input.weight"] == 1.0 and adam["encoder.input.bias"] == 1.0
+    assert adam["encoder.hidden.0.weight"] == adam["lstm.weight_ih_l0"] == adam["critic.weight"] == 0.25
+    assert adam["actor.bias"] == 1.0
+    muon = {names[k]: v for k, v in lr_scales(policy, muon=True).items()}
+    assert muon["encoder.hidden.0.weight"] == pytest.approx(0.5)
+    assert muon["lstm.weight_hh_l0"] == pytest.approx(0.5)
+
+    opt = regroup(make_optimizer(policy, train_cfg()), policy)
+    assert [g["lr_scale"] for g in opt.param_groups] == [1.0, 0.25]
+    # The first group (the reported learning rate) is the unscaled one.
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2)
+    opt.set_lr_factor(0.5)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-3, 1.25e-3])
+    # optimizer_param_groups describes the same split.
+    described = optimizer_param_groups(policy, train_cfg())
+    assert [(g["lr_scale"], len(g["params"])) for g in described] == [
+        (g["lr_scale"], len(g["params"])) for g in opt.param_groups
+    ]
+    assert "lstm.weight_hh_l0" in described[1]["names"]
+
+    # Muon: its AdamW half gets muon_adam_lr_ratio and the Adam rules.
+    mopt = regroup(make_optimizer(policy, train_cfg(optimizer="muon")), policy)
+    muon_groups, adam_groups = mopt.optimizers[0].param_groups, mopt.optimizers[1].param_groups
+    assert [g["lr_scale"] for g in muon_groups] == pytest.approx([0.5])
+    assert sorted(g["lr_scale"] for g in adam_groups) == [0.25, 1.0]
+    assert all(g["base_lr"] == pytest.approx(5e-3) for g in adam_groups)
+
+
+def test_lr_scale_survives_a_checkpoint_round_trip():
+    policy = build(64, "mup")
+    opt = regroup(make_optimizer(policy, train_cfg()), policy)
+    state = opt.state_dict()
+    fresh = regroup(make_optimizer(policy, train_cfg(learning_rate=123.0)), policy)
+    fresh.load_state_dict(state)
+    fresh.set_lr_factor(1.0)
+    assert [(g["lr_scale"], g["lr"]) for g in fresh.param_groups] == [(1.0, 1e-2), (0.5, 5e-3)]
+
+
+def muon_step_norm(width, parametrization):
+    # Spectral norm of Muon's first update of the square hidden matrix.
+    policy = build(width, parametrization, seed=1)
+    opt = regroup(make_optimizer(policy, train_cfg(optimizer="muon")), policy)
+    weight = policy.encoder.hidden[0].weight
+    before = weight.detach().clone()
+    logits, values = policy.forward_sequence(torch.randn(8, 4, 6), torch.zeros(8, 4))
+    opt.zero_grad()
+    (logits.pow(2).mean() + values.pow(2).mean()).backward()
+    opt.step()
+    return float(torch.linalg.matrix_norm(weight.detach() - before, ord=2))
+
+
+def test_muon_update_follows_the_spectral_rule():
+    mup = muon_step_norm(128, "mup") / muon_step_norm(32, "mup")
+    std = muon_step_norm(128, "standard") / muon_step_norm(32, "standard")
+    assert mup == pytest.approx(1.0, rel=0.2)
+    assert std == pytest.approx(2.0, rel=0.2)
+
+
+def test_apply_mup_rejects_bad_input():
+    policy = build(64, "mup")
+    from shoal.mup import apply_mup
+
+    with pytest.raises(ValueError, match="already applied"):
+        apply_mup(policy, 32)
+    with pytest.raises(ValueError, match="base_width must be a positive integer"):
+        apply_mup(build(64, "standard"), 0)
+
+
+def test_coordinate_check_is_flat_under_mup_and_drifts_under_standard():
+    torch.set_num_threads(1)
+    result = coord_check(
+        "cartpole", [64, 1024], steps=5, learning_rate=3e-3,
+        overrides=["--policy.base-width", "64", "--policy.lstm", "true", "--policy.num-layers", "2"],
+        num_envs=8, horizon=8, seed=0,
+    )
+    layers = set(result.sizes["mup"])
+    assert layers == {"encoder.input", "encoder.hidden.0", "lstm.h", "logits", "value"}
+    for layer in layers:
+        assert 0.5 < result.ratio("mup", layer) < 2.0, (layer, result.ratio("mup", layer))
+    # Standard: Adam moves the heads' outputs ~width times further.
+    assert result.ratio("standard", "logits") > 2.0
+    assert result.ratio("standard", "encoder.input") < 0.5  # orthogonal init shrinks with width
+    # The updates did something: logits grew from their small init.
+    assert (result.sizes["mup"]["logits"][-1] > 3 * result.sizes["mup"]["logits"][0]).all()
+
+
+def test_mup_check_cli(tmp_path, capsys):
+    png, js = tmp_path / "cc.png", tmp_path / "cc.json"
+    rc = mup_check_main(["cartpole", "--widths", "16,32", "--steps", "1", "--num-envs", "2", "--horizon", "4",
+                         "--parametrization", "mup", "-o", str(png), "--json", str(js),
+                         "--policy.base-width", "16"])
+    assert rc == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(js.read_text())
+    assert data["widths"] == [16, 32] and list(data["sizes"]) == ["mup"]
+    assert "mup: mean |activation|" in capsys.readouterr().out
+    assert mup_check_main(["cartpole", "--train.learnin-rate", "1"]) == 2
+    assert "did you mean 'train.learning_rate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mup_check_main(["cartpole", "--widths", "64"])
+
+
+def test_hidden_size_is_a_pow2_sweep_key():
+    from shoal.sweep.space import space_from_config
+
+    cfg = load_config("cartpole")
+    cfg.sweep = {"policy.hidden_size": {"distribution": "pow2", "min": 32, "max": 256}}
+    space = space_from_config(cfg)
+    assert "policy.hidden_size" in space.distributions()
+
+
+def test_training_with_mup_resumes(tmp_path):
+    from shoal.train import train
+
+    cfg = load_config("cartpole", ["--train.total-steps", "1024", "--policy.parametrization", "mup",
+                                   "--policy.hidden-size", "64", "--policy.base-width", "16",
+                                   "--run.dir", str(tmp_path), "--run.quiet", "true",
+                                   "--train.update-epochs", "2"])
+    result = train(cfg)
+    ckpt = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
+    scales = sorted(g["lr_scale"] for state in ckpt["optimizer"] for g in state["param_groups"])
+    assert scales == [0.25, 1.0]
+    assert math.isclose(result.metrics["learning_rate"] / cfg.train.learning_rate,
+                        ckpt["optimizer"][0]["param_groups"][0]["lr"] / cfg.train.learning_rate)
+    cfg.run.resume = str(result.run_dir)
+    cfg.train.total_steps = 2048
+    resumed = train(cfg)
+    assert resumed.metrics["agent_steps"] == 2048
