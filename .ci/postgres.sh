@@ -11,7 +11,7 @@
 
 _shoal_pg_main() {
     local pg_bin run_as=()
-    pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
     if [ "$(id -u)" = 0 ]; then
         run_as=(runuser -u postgres --)
     fi
@@ -34,7 +34,7 @@ _shoal_pg_main() {
             echo "postgres.sh: apt-get install postgresql failed" >&2
             return 1
         }
-        pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+        pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
     fi
     if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
         echo "postgres.sh: running as root but there is no 'postgres' user to run the server" >&2

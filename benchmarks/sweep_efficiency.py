@@ -10,6 +10,7 @@ and larger is better.
 
     python benchmarks/sweep_efficiency.py            # 10 seeds, 100 trials (slow: GP fits)
     python benchmarks/sweep_efficiency.py --quick    # 3 seeds
+    python benchmarks/sweep_efficiency.py --jobs 16  # seeds in parallel processes
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -42,7 +44,9 @@ def normalized_hypervolume(problem: Problem, trials: list[optuna.trial.FrozenTri
     return hypervolume_2d(costs, scores, ref_cost=1.0, ref_score=0.0)
 
 
-def run(problem: Problem, sampler_name: str, seed: int, checkpoints: list[int]) -> list[float]:
+def run(problem_name: str, sampler_name: str, seed: int, checkpoints: list[int]) -> list[float]:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    problem = PROBLEMS[problem_name]
     space = SearchSpace.from_dict(problem.space)
     sampler = make_sampler(sampler_name, space, seed=seed)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
@@ -59,12 +63,15 @@ def run(problem: Problem, sampler_name: str, seed: int, checkpoints: list[int]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="3 seeds instead of 10")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--problems", default=",".join(PROBLEMS))
     parser.add_argument("--trials", default="50,100", help="checkpoints (trial counts)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument("--out", default=None, help="write the raw results as JSON here")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -74,16 +81,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seeds={seeds} checkpoints={checkpoints} (median normalized hypervolume, higher is better)")
     header = f"{'problem':10s} {'sampler':8s} " + " ".join(f"{'HV@' + str(n):>8s}" for n in checkpoints)
     print(header + f" {'seconds':>8s}")
-    for problem_name in args.problems.split(","):
-        problem = PROBLEMS[problem_name]
-        results[problem_name] = {}
-        for sampler_name in args.samplers.split(","):
-            start = time.perf_counter()
-            runs = [run(problem, sampler_name, seed, checkpoints) for seed in range(seeds)]
-            results[problem_name][sampler_name] = runs
-            medians = np.median(np.array(runs), axis=0)
-            cells = " ".join(f"{m:8.4f}" for m in medians)
-            print(f"{problem_name:10s} {sampler_name:8s} {cells} {time.perf_counter() - start:8.1f}", flush=True)
+    problems = args.problems.split(",")
+    samplers = args.samplers.split(",")
+    pool = multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else None
+    try:
+        for problem_name in problems:
+            results[problem_name] = {}
+            for sampler_name in samplers:
+                start = time.perf_counter()
+                jobs = [(problem_name, sampler_name, seed, checkpoints) for seed in range(seeds)]
+                runs = pool.starmap(run, jobs) if pool is not None else [run(*job) for job in jobs]
+                results[problem_name][sampler_name] = runs
+                medians = np.median(np.array(runs), axis=0)
+                cells = " ".join(f"{m:8.4f}" for m in medians)
+                elapsed = time.perf_counter() - start
+                print(f"{problem_name:10s} {sampler_name:8s} {cells} {elapsed:8.1f}", flush=True)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     if args.out:
         tmp = Path(args.out).with_suffix(".tmp")
         tmp.write_text(json.dumps({"seeds": seeds, "checkpoints": checkpoints, "results": results}, indent=1))

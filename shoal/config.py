@@ -80,8 +80,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     muon_momentum: float = 0.95
     # With optimizer = "muon": learning rate of the Adam half (input layer, heads, biases)
-    # relative to learning_rate.
-    muon_adam_lr_ratio: float = 1.0
+    # relative to learning_rate (Muon's rates are ~10x Adam's).
+    muon_adam_lr_ratio: float = 0.1
     gamma: float = 0.99
     gae_lambda: float = 0.95
     advantage: Literal["gae", "adaptive_horizon"] = "gae"

@@ -10,16 +10,14 @@ the same size as the width grows. A learning rate tuned at ``policy.base_width``
 All rules are relative to ``base_width`` (``n_b``) at width ``n = policy.hidden_size``; at
 ``n == n_b`` every factor is exactly 1, so a muP policy and its optimizer equal the standard ones.
 
-=================================  =============  ==============================  ============  =============
-parameter                          role           init (entry size at width n)    Adam LR x     Muon LR x
-=================================  =============  ==============================  ============  =============
-``encoder.input.weight``           input          as at n_b (width-independent)   1             (Adam half)
-``encoder.hidden[i].weight``       hidden         variance x n_b/n                n_b/n         see below
-``lstm.weight_ih_l0`` (per gate)   hidden         variance x n_b/n                n_b/n         see below
-``lstm.weight_hh_l0`` (per gate)   hidden         variance x n_b/n                n_b/n         see below
-``actor.weight``, ``critic.weight``  output       std x n_b/n (variance (n_b/n)^2)  n_b/n       (Adam half)
-biases, ``log_std``                vector         unchanged (zeros)               1             (Adam half)
-=================================  =============  ==============================  ============  =============
+    parameter                           role    init at width n                  Adam LR x  Muon LR x
+    ----------------------------------  ------  -------------------------------  ---------  -----------
+    encoder.input.weight                input   entry size as at n_b (constant)  1          (AdamW half)
+    encoder.hidden[i].weight            hidden  variance x n_b/n                 n_b/n      1 (see below)
+    lstm.weight_ih_l0 (each gate)       hidden  variance x n_b/n                 n_b/n      1 (see below)
+    lstm.weight_hh_l0 (each gate)       hidden  variance x n_b/n                 n_b/n      1 (see below)
+    actor.weight, critic.weight         output  std x n_b/n                      n_b/n      (AdamW half)
+    biases, log_std                     vector  unchanged (zeros)                1          (AdamW half)
 
 How the init rules meet :meth:`shoal.policy.Policy._init_weights` (orthogonal init, entries of
 size ``gain / sqrt(max(fan_out, fan_in))``):
@@ -43,20 +41,18 @@ same training for equal ``a + b`` and ``a + c``) "init std x n_b/n and Adam LR x
 exactly like "multiplier n_b/n with init std and LR unchanged", and the network stays a plain
 ``nn.Linear``.
 
-Muon: ``torch.optim.Muon`` (``adjust_lr_fn="match_rms_adamw"``, as in shoal.train.optim) scales
-its orthogonalized update ``O`` of an ``[A, B]`` matrix by ``0.2 * sqrt(max(A, B))``, i.e. to
-Adam's entry size, so its step's spectral norm grows like ``sqrt(n)``. muP's spectral condition
-asks for an update of spectral norm ``sqrt(max(1, fan_out / fan_in))``. Under muP each hidden
-matrix's Muon learning rate is multiplied by
-
-    sqrt(max(A_b, B_b) / max(A, B)) * sqrt(max(1, fan_out/fan_in) / max(1, fan_out_b/fan_in_b))
-
-(``_b``: the same matrix at base width), which turns the step into the spectral rule,
-calibrated to equal the standard step at base width. For every hidden matrix here (square
-encoder layers, ``[n, n]`` LSTM gate blocks) that is ``sqrt(n_b / n)``. Muon orthogonalizes a
-stacked LSTM matrix as a whole, not gate by gate; its 4:1 shape does not change with width,
-so the width scaling is the same either way. The AdamW half of a Muon setup (input layer,
-heads, vectors) follows the Adam column.
+Muon: muP's spectral condition asks for a hidden matrix's update to have spectral norm
+proportional to ``sqrt(max(1, fan_out / fan_in))``, and Muon's orthogonalized update ``O`` has
+spectral norm ~1. Torch's Muon multiplies ``O`` for an ``[A, B]`` matrix by
+``sqrt(max(1, A / B))`` (``adjust_lr_fn=None``/"original", torch's default) or by
+``0.2 * sqrt(max(A, B))`` ("match_rms_adamw", Adam's entry size). The first is already the
+spectral rule, and for every hidden matrix here (square encoder layers, ``[n, n]`` LSTM gate
+blocks, ``[4n, n]`` stacks) it does not change with width: multiplier 1. The second grows like
+``sqrt(n)``: multiplier ``sqrt(n_b / n)``. :func:`regroup` reads ``adjust_lr_fn`` from the Muon
+optimizer it is given (:func:`muon_lr_scale` has the general formula). Muon orthogonalizes a
+stacked LSTM matrix as a whole, not gate by gate; its 4:1 shape does not change with width, so
+the width scaling is the same. The AdamW half of a Muon setup (input layer, heads, vectors)
+follows the Adam column.
 
 Learning-rate groups: :func:`regroup` splits each optimizer param group by learning-rate
 multiplier. Every group carries ``lr_scale``; its ``base_lr`` is the unscaled base learning rate
@@ -65,7 +61,7 @@ and the schedule (``shoal.train.optim.Optimizers.set_lr_factor``) sets
 checkpoints and ``--resume`` keep them.
 
 ``shoal mup-check ENV`` (:func:`mup_check_main`) runs the coordinate check: the mean absolute
-activation of every layer over the first few Adam steps, across widths.
+activation of every layer over the first few optimizer steps, across widths.
 """
 
 from __future__ import annotations
@@ -97,7 +93,9 @@ class ParamRule:
     role: str  # "input", "hidden", "output" or "vector"
     init_scale: float  # multiplies the standard init
     adam_lr_scale: float
-    muon_lr_scale: float  # only used when Muon owns the parameter (hidden matrices)
+    # Hidden matrices: the shape of the whole (stacked) matrix and of one gate block, at this
+    # width and at base width; Muon's multiplier depends on them (see muon_lr_scale).
+    shapes: tuple[tuple[int, int], ...] = ()
 
 
 # ---- the rules ----
@@ -134,19 +132,19 @@ def param_rules(policy: nn.Module, base_width: int) -> dict[str, ParamRule]:
     for role, named in policy.parameter_groups().items():
         for name, param in named:
             if param.ndim < 2:
-                rules[name] = ParamRule(name, "vector", 1.0, 1.0, 1.0)
+                rules[name] = ParamRule(name, "vector", 1.0, 1.0)
                 continue
             rows, cols = param.shape[0], param.shape[1]
             if role == "input":
                 _expect(name, rows == width, f"{width} rows", tuple(param.shape))
                 at_base = (base, cols)
                 init = math.sqrt(max(rows, cols) / max(at_base)) if at_base != (rows, cols) else 1.0
-                rules[name] = ParamRule(name, "input", init, 1.0, 1.0)
+                rules[name] = ParamRule(name, "input", init, 1.0)
             elif role == "output":
                 _expect(name, cols == width, f"{width} columns", tuple(param.shape))
                 at_base = (rows, base)
                 init = math.sqrt(max(rows, cols) / max(at_base)) * ratio if at_base != (rows, cols) else 1.0
-                rules[name] = ParamRule(name, "output", init, ratio, 1.0)
+                rules[name] = ParamRule(name, "output", init, ratio)
             elif role == "hidden":
                 gates = LSTM_GATES if name.startswith("lstm.") else 1
                 _expect(name, rows == gates * width and cols == width, f"shape [{gates * width}, {width}]",
@@ -154,14 +152,9 @@ def param_rules(policy: nn.Module, base_width: int) -> dict[str, ParamRule]:
                 # Orthogonal init covers the whole stacked matrix; each gate block is one
                 # [width, width] hidden matrix.
                 whole, whole_base = (rows, cols), (gates * base, base)
-                if width == base:
-                    init = muon = 1.0
-                else:
-                    init = _orthogonal_rms(whole_base) * math.sqrt(ratio) / _orthogonal_rms(whole)
-                    # Undo torch Muon's 0.2 * sqrt(max(A, B)) growth, keep the spectral rule's
-                    # sqrt(max(1, fan_out / fan_in)) (width-independent for these shapes).
-                    muon = math.sqrt(max(whole_base) / max(whole) * _aspect(whole) / _aspect(whole_base))
-                rules[name] = ParamRule(name, "hidden", _snap(init), ratio, _snap(muon))
+                init = _orthogonal_rms(whole_base) * math.sqrt(ratio) / _orthogonal_rms(whole)
+                shapes = (whole, whole_base, (width, width), (base, base))
+                rules[name] = ParamRule(name, "hidden", _snap(init), ratio, shapes)
             else:
                 raise ValueError(
                     f"muP has no rule for the {param.ndim}-D parameter '{name}' in role '{role}' "
@@ -198,17 +191,48 @@ def apply_mup(policy: nn.Module, base_width: int) -> nn.Module:
     return policy
 
 
-def lr_scales(policy: nn.Module, muon: bool = False) -> dict[int, float]:
+MUON_ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+
+
+def muon_lr_scale(rule: ParamRule, adjust_lr_fn: str | None = None) -> float:
+    """Muon's muP multiplier for a hidden matrix, given torch Muon's ``adjust_lr_fn``.
+
+    muP's spectral rule wants each gate block's update to have spectral norm proportional to
+    ``sqrt(max(1, fan_out / fan_in))``. Torch's Muon multiplies its orthogonalized update of
+    the whole ``[A, B]`` matrix by ``sqrt(max(1, A / B))`` ("original", the default) or by
+    ``0.2 * sqrt(max(A, B))`` ("match_rms_adamw"); the multiplier is the rule's growth over
+    torch's, 1 at base width.
+    """
+    if rule.role != "hidden":
+        raise ValueError(f"Muon only owns hidden matrices; '{rule.name}' is {rule.role}")
+    whole, whole_base, gate, gate_base = rule.shapes
+    wanted = math.sqrt(_aspect(gate) / _aspect(gate_base))
+    if adjust_lr_fn in (None, "original"):
+        given = math.sqrt(_aspect(whole) / _aspect(whole_base))
+    elif adjust_lr_fn == "match_rms_adamw":
+        given = math.sqrt(max(whole) / max(whole_base))
+    else:
+        raise ValueError(
+            "muP knows torch Muon's adjust_lr_fn None, 'original' and 'match_rms_adamw', "
+            f"got {adjust_lr_fn!r}"
+        )
+    return _snap(wanted / given)
+
+
+def lr_scales(policy: nn.Module, muon: bool = False, adjust_lr_fn: str | None = None) -> dict[int, float]:
     """Learning-rate multiplier of every parameter (by id); all 1 for a standard policy.
 
-    ``muon``: the multipliers for the parameters Muon owns (hidden matrices) in a Muon setup.
+    ``muon``: the multipliers for the hidden matrices when torch Muon (with ``adjust_lr_fn``)
+    owns them; the other parameters get the Adam rules either way.
     """
     base_width = getattr(policy, "mup_base_width", None)
     if base_width is None:
         return {id(p): 1.0 for p in policy.parameters()}
     params = dict(policy.named_parameters())
     return {
-        id(params[name]): (rule.muon_lr_scale if muon and rule.role == "hidden" else rule.adam_lr_scale)
+        id(params[name]): (
+            muon_lr_scale(rule, adjust_lr_fn) if muon and rule.role == "hidden" else rule.adam_lr_scale
+        )
         for name, rule in param_rules(policy, base_width).items()
     }
 
@@ -222,11 +246,14 @@ def _split(params: list[nn.Parameter], scales: dict[int, float]) -> list[tuple[f
     return list(groups.items())
 
 
-def optimizer_param_groups(policy: nn.Module, train_cfg: Any) -> list[dict[str, Any]]:
+def optimizer_param_groups(
+    policy: nn.Module, train_cfg: Any, muon_adjust_lr_fn: str | None = None
+) -> list[dict[str, Any]]:
     """The param groups muP gives `policy` under ``train_cfg.optimizer``.
 
     Each dict has ``params``, ``names``, ``lr`` (the scaled learning rate), ``lr_scale`` and
-    ``optimizer`` ("adam" for the Adam/AdamW optimizer, "muon" for Muon's hidden matrices).
+    ``optimizer`` ("adam" for the Adam/AdamW optimizer, "muon" for Muon's hidden matrices,
+    assumed built with ``adjust_lr_fn=muon_adjust_lr_fn``).
     """
     name = train_cfg.optimizer
     lr = float(train_cfg.learning_rate)
@@ -242,7 +269,7 @@ def optimizer_param_groups(policy: nn.Module, train_cfg: Any) -> list[dict[str, 
     else:
         raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'muon', got {name!r}")
     for kind, params, base_lr, is_muon in parts:
-        for scale, group in _split(params, lr_scales(policy, muon=is_muon)):
+        for scale, group in _split(params, lr_scales(policy, is_muon, muon_adjust_lr_fn)):
             out.append({"params": group, "names": [names[id(p)] for p in group], "lr": base_lr * scale,
                         "lr_scale": scale, "optimizer": kind})
     return [g for g in out if g["params"]]
@@ -259,10 +286,11 @@ def regroup(optimizers: Any, policy: nn.Module) -> Any:
     for opt in optimizers.optimizers:
         if all("lr_scale" in g for g in opt.param_groups):
             continue  # already regrouped
-        scales = lr_scales(policy, muon=isinstance(opt, torch.optim.Muon))
+        is_muon = isinstance(opt, torch.optim.Muon)
         old_groups = list(opt.param_groups)
         new_groups = []
         for group in old_groups:
+            scales = lr_scales(policy, is_muon, group.get("adjust_lr_fn"))
             base_lr = group.get("base_lr", group["lr"])
             settings = {k: v for k, v in group.items() if k != "params"}
             for scale, params in _split(group["params"], scales):
@@ -360,7 +388,7 @@ def _stack(steps: list[np.ndarray]) -> torch.Tensor:
 
 def _discounted_returns(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> torch.Tensor:
     returns = torch.zeros_like(rewards)
-    running = torch.zeros(rewards.shape[0])
+    running = torch.zeros(rewards.shape[0], device=rewards.device)
     for t in range(rewards.shape[1] - 1, -1, -1):
         running = rewards[:, t] + gamma * running * (1.0 - dones[:, t])
         returns[:, t] = running
@@ -401,9 +429,12 @@ def _trace(cfg: Any, batch: _Batch, obs_space: Any, act_space: Any, steps: int) 
     from shoal.policy import evaluate_actions, make_policy
     from shoal.train.losses import normalize_advantages, ppo_loss
     from shoal.train.optim import make_optimizer
+    from shoal.train.trainer import resolve_device
 
+    device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    policy = make_policy(obs_space, act_space, cfg.policy)
+    policy = make_policy(obs_space, act_space, cfg.policy).to(device)
+    batch = _Batch(*(getattr(batch, f).to(device) for f in ("obs", "starts", "actions", "rewards", "dones")))
     optimizers = regroup(make_optimizer(policy, cfg.train), policy)
     t = cfg.train
     with torch.no_grad():
@@ -540,7 +571,11 @@ def print_coord_check(result: CoordCheck, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            # Piped output: rich would squeeze the table into 80 columns and elide the numbers.
+            console = Console(width=max(120, 30 + 9 * len(result.widths)))
     for p, layers in result.sizes.items():
         table = Table(title=f"{p}: mean |activation| (lr {result.learning_rate:g}, base width "
                             f"{result.base_width})", title_justify="left")
@@ -613,8 +648,8 @@ def mup_check_main(argv: list[str]) -> int:
     except (ConfigError, ValueError, TypeError) as e:
         print(f"shoal mup-check: error: {e}", file=sys.stderr)
         return 2
+    print_coord_check(result)
     console = Console()
-    print_coord_check(result, console)
     out = plot_coord_check(result, args.output, f"{args.env}: coordinate check")
     console.print(f"wrote {out}")
     if args.json:

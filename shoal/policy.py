@@ -50,7 +50,15 @@ def action_spec(space: gymnasium.Space) -> ActionSpec:
     )
 
 
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
+def fast_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh; on CPU as 2 sigmoid(2x) - 1, which is several times faster there than torch.tanh
+    (equal to within 2e-7). On GPUs, where each extra kernel costs a launch, plain tanh."""
+    if x.is_cuda:
+        return torch.tanh(x)
+    return torch.sigmoid(2.0 * x) * 2.0 - 1.0
+
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": fast_tanh}
 
 
 class Encoder(nn.Module):
@@ -93,7 +101,9 @@ class Policy(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(observation_space, gymnasium.spaces.Box):
-            raise TypeError(f"the policy expects a Box observation space, got {type(observation_space).__name__}")
+            raise TypeError(
+                f"the policy expects a Box observation space, got {type(observation_space).__name__}"
+            )
         self.obs_size = int(np.prod(observation_space.shape))
         # uint8 observations (pixels, grids) arrive as 0..255; scaling keeps activations O(1).
         obs_scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
@@ -131,7 +141,12 @@ class Policy(nn.Module):
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Named parameters by role: "input", "hidden" (2-D hidden matrices), "output" (heads),
         "other" (biases and log-std)."""
-        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"input": [], "hidden": [], "output": [], "other": []}
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {
+            "input": [],
+            "hidden": [],
+            "output": [],
+            "other": [],
+        }
         for name, param in self.named_parameters():
             if param.ndim < 2:
                 groups["other"].append((name, param))
@@ -145,14 +160,14 @@ class Policy(nn.Module):
 
     # ---- recurrent state ----
 
-    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def initial_state(
+        self, batch: int, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero (h, c) for `batch` agents; empty tensors when the policy has no LSTM."""
         size = self.hidden_size if self.use_lstm else 0
         return (torch.zeros(batch, size, device=device), torch.zeros(batch, size, device=device))
 
-    def _cell(
-        self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One LSTM step with the weights of self.lstm, computed exactly as in _lstm_sequence so
         # that rollout and training agree.
         lstm = self.lstm
@@ -226,8 +241,8 @@ def _lstm_update(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, to
     # The cell state is kept in float32 even under bfloat16 autocast: it integrates over the
     # whole episode and low precision there drifts.
     i, f, g, o = gates.float().chunk(4, dim=1)
-    c = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
+    c = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * fast_tanh(g)
+    h = torch.sigmoid(o) * fast_tanh(c)
     return h, c
 
 
@@ -242,17 +257,11 @@ def sample_actions(
     logits = logits.float()
     if spec.kind == "continuous":
         mean = logits
-        if deterministic:
-            actions = mean
-        else:
-            actions = mean + torch.randn_like(mean) * policy.log_std.float().exp()
+        actions = mean if deterministic else mean + torch.randn_like(mean) * policy.log_std.float().exp()
         return actions, gaussian_log_prob(policy, mean, actions)
     if len(spec.nvec) == 1:
         log_p = torch.log_softmax(logits, dim=-1)
-        if deterministic:
-            actions = log_p.argmax(dim=-1, keepdim=True)
-        else:
-            actions = torch.multinomial(log_p.exp(), 1)
+        actions = log_p.argmax(dim=-1, keepdim=True) if deterministic else torch.multinomial(log_p.exp(), 1)
         return actions, log_p.gather(-1, actions).squeeze(-1)
     actions_list, log_prob = [], 0.0
     for part in logits.split(spec.nvec, dim=-1):

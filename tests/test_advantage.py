@@ -59,8 +59,9 @@ def vtrace_reference(values, rewards, dones, next_value, ratio, gamma, rho_clip,
 def test_gae_matches_python_loop(gamma, lam):
     values, rewards, dones, next_value, _ = random_rollout()
     got = gae(values, rewards, dones, next_value, gamma, lam)
-    np.testing.assert_allclose(got.numpy(), gae_reference(values, rewards, dones, next_value, gamma, lam),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got.numpy(), gae_reference(values, rewards, dones, next_value, gamma, lam), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_gae_lambda_zero_is_one_step_td_error():

@@ -15,10 +15,13 @@ def terms_for(ratios, advantages, clip=0.2, new_v=None, old_v=None, returns=None
     n = len(ratios)
     new_v = torch.zeros(n, dtype=torch.float64) if new_v is None else torch.tensor(new_v, dtype=torch.float64)
     old_v = torch.zeros(n, dtype=torch.float64) if old_v is None else torch.tensor(old_v, dtype=torch.float64)
-    returns = torch.zeros(n, dtype=torch.float64) if returns is None else torch.tensor(returns, dtype=torch.float64)
+    returns = (
+        torch.zeros(n, dtype=torch.float64) if returns is None else torch.tensor(returns, dtype=torch.float64)
+    )
     adv = torch.tensor(advantages, dtype=torch.float64)
-    terms = ppo_loss(new, old, adv, new_v, old_v, returns, torch.zeros(n, dtype=torch.float64),
-                     clip, vf_clip, 0.5, 0.0)
+    terms = ppo_loss(
+        new, old, adv, new_v, old_v, returns, torch.zeros(n, dtype=torch.float64), clip, vf_clip, 0.5, 0.0
+    )
     return terms, new
 
 
@@ -48,8 +51,9 @@ def test_clipped_samples_get_no_gradient():
 def test_value_loss_clipping_by_hand():
     # new 1, old 0, target 2, clip 0.5: unclipped (1-2)^2 = 1, clipped (0.5-2)^2 = 2.25 -> 2.25
     # new 1, old 0, target 0: unclipped 1, clipped 0.25 -> 1
-    terms, _ = terms_for([1.0, 1.0], [0.0, 0.0], new_v=[1.0, 1.0], old_v=[0.0, 0.0], returns=[2.0, 0.0],
-                         vf_clip=0.5)
+    terms, _ = terms_for(
+        [1.0, 1.0], [0.0, 0.0], new_v=[1.0, 1.0], old_v=[0.0, 0.0], returns=[2.0, 0.0], vf_clip=0.5
+    )
     assert terms.value_loss.item() == pytest.approx(0.5 * (2.25 + 1.0) / 2)
     terms, _ = terms_for([1.0, 1.0], [0.0, 0.0], new_v=[1.0, 1.0], old_v=[0.0, 0.0], returns=[2.0, 0.0])
     assert terms.value_loss.item() == pytest.approx(0.5 * (1.0 + 1.0) / 2)
@@ -60,8 +64,19 @@ def test_total_loss_and_kl():
     old = torch.zeros(2)
     adv = torch.tensor([1.0, 1.0])
     v = torch.tensor([1.0, 3.0])
-    terms = ppo_loss(new, old, adv, v, v, torch.tensor([0.0, 1.0]), torch.tensor([0.3, 0.5]),
-                     clip_coef=10.0, vf_clip_coef=0.0, vf_coef=0.5, ent_coef=0.1)
+    terms = ppo_loss(
+        new,
+        old,
+        adv,
+        v,
+        v,
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([0.3, 0.5]),
+        clip_coef=10.0,
+        vf_clip_coef=0.0,
+        vf_coef=0.5,
+        ent_coef=0.1,
+    )
     policy = -(2.0 + 0.5) / 2
     value = 0.5 * (1.0 + 4.0) / 2
     assert terms.loss.item() == pytest.approx(policy + 0.5 * value - 0.1 * 0.4)

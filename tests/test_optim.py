@@ -13,16 +13,29 @@ from shoal.train.optim import lr_factor, make_optimizer
 
 
 def train_cfg(**kw):
-    base = dict(optimizer="adam", learning_rate=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                muon_momentum=0.95, muon_adam_lr_ratio=1.0)
+    base = dict(
+        optimizer="adam",
+        learning_rate=1e-2,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        muon_momentum=0.95,
+        muon_adam_lr_ratio=1.0,
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
 
 def policy():
     torch.manual_seed(0)
-    return Policy(gymnasium.spaces.Box(-1, 1, (4,), np.float32), gymnasium.spaces.Discrete(2), 8,
-                  lstm=True, num_layers=2)
+    return Policy(
+        gymnasium.spaces.Box(-1, 1, (4,), np.float32),
+        gymnasium.spaces.Discrete(2),
+        8,
+        lstm=True,
+        num_layers=2,
+    )
 
 
 def test_constant_linear_cosine():

@@ -12,7 +12,9 @@ BOX = gymnasium.spaces.Box(-1.0, 1.0, (5,), np.float32)
 
 def make(action_space=None, lstm=True, hidden=16, layers=2, obs_space=BOX, seed=0):
     torch.manual_seed(seed)
-    return Policy(obs_space, action_space or gymnasium.spaces.Discrete(3), hidden, lstm=lstm, num_layers=layers)
+    return Policy(
+        obs_space, action_space or gymnasium.spaces.Discrete(3), hidden, lstm=lstm, num_layers=layers
+    )
 
 
 def test_manual_lstm_equals_torch_lstm():
@@ -127,8 +129,12 @@ def test_parameter_groups_name_the_roles():
     groups = make(layers=3).parameter_groups()
     names = {role: [n for n, _ in params] for role, params in groups.items()}
     assert names["input"] == ["encoder.input.weight"]
-    assert set(names["hidden"]) == {"encoder.hidden.0.weight", "encoder.hidden.1.weight",
-                                    "lstm.weight_ih_l0", "lstm.weight_hh_l0"}
+    assert set(names["hidden"]) == {
+        "encoder.hidden.0.weight",
+        "encoder.hidden.1.weight",
+        "lstm.weight_ih_l0",
+        "lstm.weight_hh_l0",
+    }
     assert set(names["output"]) == {"actor.weight", "critic.weight"}
     assert all(p.ndim == 1 for _, p in groups["other"])
 

@@ -244,7 +244,8 @@ def postgres_url():
     )
     found = dict(re.findall(r"export (SHOAL_TEST_POSTGRES_\w+)=(\S+)", started.stdout))
     if started.returncode != 0 or "SHOAL_TEST_POSTGRES_URL" not in found:
-        reason = f"no PostgreSQL: SHOAL_TEST_POSTGRES_URL unset and .ci/postgres.sh failed: {started.stderr[-500:]}"
+        reason = "no PostgreSQL: SHOAL_TEST_POSTGRES_URL unset and .ci/postgres.sh failed: "
+        reason += started.stderr[-500:]
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
@@ -252,7 +253,8 @@ def postgres_url():
         yield found["SHOAL_TEST_POSTGRES_URL"]
     finally:
         subprocess.run(
-            ["bash", str(REPO / ".ci" / "postgres.sh"), "--stop", found["SHOAL_TEST_POSTGRES_DATA"]], timeout=60
+            ["bash", str(REPO / ".ci" / "postgres.sh"), "--stop", found["SHOAL_TEST_POSTGRES_DATA"]],
+            timeout=60,
         )
 
 
@@ -280,3 +282,69 @@ def test_load_config_accepts_sweep_tables_for_the_cli(tmp_path):
     cfg = load_config("synthetic", [], path, config_dir=tmp_path)
     assert cfg.sweep == {"policy.hidden_size": {"distribution": "pow2", "min": 32, "max": 128}}
     assert PROBLEMS["ppo_like"].space["policy.hidden_size"]["distribution"] == "pow2"
+
+
+def test_tiny_real_cartpole_sweep(tmp_path):
+    cfg = load_config("cartpole", ["--run.dir", str(tmp_path / "runs")])
+    cfg.sweep = {
+        "train.learning_rate": {"distribution": "log", "min": 1e-3, "max": 1e-2},
+        "train.total_steps": {"distribution": "log", "min": 8_000, "max": 16_000},
+    }
+    result = run_sweep(settings(tmp_path, name="cp", trials=2, early_stop_margin=None), cfg)
+    assert result.counts["complete"] == 2 and result.counts["failed"] == 0
+    for t in load(tmp_path, "cp").trials:
+        score, cost = t.values
+        assert score > 0 and cost > 0
+        assert t.user_attrs["agent_steps"] >= t.params["train.total_steps"]
+        assert t.user_attrs["sps"] > 0 and len(t.user_attrs["curve"]) >= 3
+        assert (tmp_path / "runs" / f"cp-trial{t.number:04d}" / "metrics.jsonl").exists()
+
+
+def test_optuna_dashboard_reads_the_journal(tmp_path):
+    pytest.importorskip("optuna_dashboard", reason="optuna-dashboard (a dev dependency) is not installed")
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+    from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard PATH` uses
+
+    run_sweep(settings(tmp_path, trials=3), base_config(), SyntheticTrainer())
+    app = optuna_dashboard.wsgi(get_storage(str(tmp_path / "s.journal")))
+
+    def get(path):
+        environ = {}
+        setup_testing_defaults(environ)
+        environ.update(PATH_INFO=path, REQUEST_METHOD="GET")
+        status = []
+        body = b"".join(app(environ, lambda s, h, exc_info=None: status.append(s)))
+        assert status == ["200 OK"], body[:500]
+        return json.loads(body)
+
+    (summary,) = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == "s" and summary["directions"] == ["maximize", "minimize"]
+    study = get(f"/api/studies/{summary['study_id']}")
+    assert len(study["trials"]) == 3 and study["best_trials"]
+
+
+def test_stale_trial_detection():
+    import socket
+
+    from shoal.sweep.storage import HEARTBEAT_ATTR, is_stale, worker_identity
+
+    def running(identity, beat):
+        attrs = {WORKER_ATTR: identity, HEARTBEAT_ATTR: beat}
+        return optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs=attrs)
+
+    now = time.time()
+    me = worker_identity()
+    assert not is_stale(running(me, now - 10_000), now=now)  # alive on this host: never stale
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = {"host": socket.gethostname(), "pid": dead.pid, "start": None}
+    assert is_stale(running(gone, now), now=now)  # this host, process gone: stale at once
+    reused = {**me, "start": "0"}  # our pid, but another process start time: a reused pid
+    assert is_stale(running(reused, now), now=now)
+    remote = {"host": "elsewhere.invalid", "pid": 1, "start": None}
+    assert not is_stale(running(remote, now - 60), now=now, stale_after=300)
+    assert is_stale(running(remote, now - 301), now=now, stale_after=300)
+    assert not is_stale(optuna.trial.create_trial(values=[1.0, 1.0]), now=now)

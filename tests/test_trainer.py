@@ -16,21 +16,68 @@ from shoal.train.learner import Learner, prioritized_sample
 from shoal.train.optim import make_optimizer
 from shoal.train.rollout import Collector, RolloutBuffer
 
-CONTRACT_KEYS = (
-    "epoch agent_steps wall_time sps score episode_return episode_length episodes learning_rate policy_loss "
-    "value_loss entropy approx_kl clip_fraction explained_variance time_env time_inference time_copy "
-    "time_learn time_other"
-).split()
-TIME_KEYS = {"wall_time", "sps", "time_env", "time_inference", "time_copy", "time_learn", "time_other",
-             "time_to_target"}
+CONTRACT_KEYS = [
+    "epoch",
+    "agent_steps",
+    "wall_time",
+    "sps",
+    "score",
+    "episode_return",
+    "episode_length",
+    "episodes",
+    "learning_rate",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "time_env",
+    "time_inference",
+    "time_copy",
+    "time_learn",
+    "time_other",
+]
+TIME_KEYS = {
+    "wall_time",
+    "sps",
+    "time_env",
+    "time_inference",
+    "time_copy",
+    "time_learn",
+    "time_other",
+    "time_to_target",
+}
 
 
 def config(tmp_path, env="cartpole", *flags, name="run"):
     base = [
-        "--run.dir", str(tmp_path), "--run.name", name, "--run.quiet", "true", "--run.log-interval", "1000",
-        "--env.num-envs", "8", "--env.num-threads", "1", "--train.torch-threads", "1",
-        "--train.batch-size", "256", "--train.bptt-horizon", "8", "--train.minibatch-size", "128",
-        "--train.total-steps", "1024", "--policy.hidden-size", "16", "--train.device", "cpu",
+        "--run.dir",
+        str(tmp_path),
+        "--run.name",
+        name,
+        "--run.quiet",
+        "true",
+        "--run.log-interval",
+        "1000",
+        "--env.num-envs",
+        "8",
+        "--env.num-threads",
+        "1",
+        "--train.torch-threads",
+        "1",
+        "--train.batch-size",
+        "256",
+        "--train.bptt-horizon",
+        "8",
+        "--train.minibatch-size",
+        "128",
+        "--train.total-steps",
+        "1024",
+        "--policy.hidden-size",
+        "16",
+        "--train.device",
+        "cpu",
     ]
     return load_config(env, base + list(flags))
 
@@ -44,7 +91,9 @@ def assert_same_metrics(a, b):
     for x, y in zip(comparable(a), comparable(b), strict=True):
         assert x.keys() == y.keys()
         for key in x:
-            same = x[key] == y[key] or (isinstance(x[key], float) and math.isnan(x[key]) and math.isnan(y[key]))
+            same = x[key] == y[key] or (
+                isinstance(x[key], float) and math.isnan(x[key]) and math.isnan(y[key])
+            )
             assert same, f"epoch {x['epoch']}: {key} differs: {x[key]} vs {y[key]}"
 
 
@@ -80,9 +129,24 @@ def test_deterministic_runs_are_identical(tmp_path):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    flags = ["--train.deterministic", "true", "--policy.lstm", "true", "--train.checkpoint-interval", "2",
-             "--train.total-steps", "1536", "--train.vtrace", "true", "--train.prio-alpha", "0.8",
-             "--train.prio-beta0", "0.2", "--train.optimizer", "muon"]
+    flags = [
+        "--train.deterministic",
+        "true",
+        "--policy.lstm",
+        "true",
+        "--train.checkpoint-interval",
+        "2",
+        "--train.total-steps",
+        "1536",
+        "--train.vtrace",
+        "true",
+        "--train.prio-alpha",
+        "0.8",
+        "--train.prio-beta0",
+        "0.2",
+        "--train.optimizer",
+        "muon",
+    ]
     whole = train(config(tmp_path, "cartpole", *flags, name="whole"))
     first = train(config(tmp_path, "cartpole", *flags, name="split"), on_epoch=lambda m: m["epoch"] < 2)
     assert len(first.history) == 2
@@ -181,8 +245,16 @@ def test_prioritized_sampling_weights():
 
 
 def test_gradient_accumulation_matches_one_big_minibatch(tmp_path):
-    cfg = config(tmp_path, "cartpole", "--policy.lstm", "true", "--train.minibatch-size", "256",
-                 "--train.max-grad-norm", "0")
+    cfg = config(
+        tmp_path,
+        "cartpole",
+        "--policy.lstm",
+        "true",
+        "--train.minibatch-size",
+        "256",
+        "--train.max-grad-norm",
+        "0",
+    )
     params = []
     for max_mb in (256, 64):
         cfg.train.max_minibatch_size = max_mb
@@ -203,9 +275,26 @@ def test_gradient_accumulation_matches_one_big_minibatch(tmp_path):
 
 
 def test_bandit_learns_the_best_arm(tmp_path):
-    cfg = config(tmp_path, "bandit", "--env.options.best_arm", "2", "--env.num-envs", "16",
-                 "--train.bptt-horizon", "1", "--train.minibatch-size", "64", "--train.total-steps", "4096",
-                 "--policy.lstm", "false", "--train.learning-rate", "1e-2", "--train.lr-schedule", "constant")
+    cfg = config(
+        tmp_path,
+        "bandit",
+        "--env.options.best_arm",
+        "2",
+        "--env.num-envs",
+        "16",
+        "--train.bptt-horizon",
+        "1",
+        "--train.minibatch-size",
+        "64",
+        "--train.total-steps",
+        "4096",
+        "--policy.lstm",
+        "false",
+        "--train.learning-rate",
+        "1e-2",
+        "--train.lr-schedule",
+        "constant",
+    )
     result = train(cfg)
     assert result.metrics["score_100"] > 0.9
     agent = load_agent(result.run_dir)
@@ -214,14 +303,43 @@ def test_bandit_learns_the_best_arm(tmp_path):
 
 @pytest.mark.parametrize("lstm", [True, False])
 def test_memory_needs_the_lstm(tmp_path, lstm):
-    cfg = config(tmp_path, "memory", "--env.options.length", "3", "--env.options.num_symbols", "2",
-                 "--env.num-envs", "32", "--train.batch-size", "1024", "--train.minibatch-size", "256",
-                 "--train.total-steps", "16384", "--policy.hidden-size", "32", "--train.learning-rate", "3e-3",
-                 "--train.lr-schedule", "constant", "--train.update-epochs", "2", "--train.gamma", "0.9",
-                 "--policy.lstm", str(lstm).lower())
+    cfg = config(
+        tmp_path,
+        "memory",
+        "--env.options.length",
+        "3",
+        "--env.options.num_symbols",
+        "2",
+        "--env.num-envs",
+        "32",
+        "--train.batch-size",
+        "1024",
+        "--train.minibatch-size",
+        "256",
+        "--train.total-steps",
+        "16384",
+        "--policy.hidden-size",
+        "32",
+        "--train.learning-rate",
+        "3e-3",
+        "--train.lr-schedule",
+        "constant",
+        "--train.update-epochs",
+        "2",
+        "--train.gamma",
+        "0.9",
+        "--policy.lstm",
+        str(lstm).lower(),
+    )
     score = train(cfg).metrics["score_100"]
     # Without memory the flagged observation is the same whatever the cue: at best 1/2.
     if lstm:
         assert score > 0.9
     else:
         assert score < 0.7
+
+
+def test_serial_backend_trains(tmp_path):
+    cfg = config(tmp_path, "cartpole", "--env.backend", "serial", "--env.num-workers", "2")
+    result = train(cfg)
+    assert result.metrics["agent_steps"] == 1024 and result.metrics["episodes"] > 0

@@ -9,7 +9,7 @@ import optuna
 from rich.console import Console
 from rich.text import Text
 
-from shoal.config import ConfigError, load_config
+from shoal.config import ConfigError, _flatten_sweep, load_config, load_toml
 from shoal.sweep.progress import LiveProgress, front_table
 from shoal.sweep.runner import SweepError, SweepSettings, run_sweep
 from shoal.sweep.sampler import SAMPLERS
@@ -91,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True)
     try:
         base = load_config(args.env, overrides, args.config)
-        space = space_from_config(base)
-        space.check_against(base)
+        if args.config is not None:
+            own = load_toml(args.config).get("sweep")
+            if isinstance(own, dict) and own:
+                # A --config file's [sweep.*] tables are the whole space, not additions to the default.
+                base.sweep = _flatten_sweep(own)
+        notes: list[str] = []
+        space = space_from_config(base, notes)
         settings = SweepSettings(
             env=args.env,
             name=args.name,
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         _error(err, e)
         return 2
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for note in notes:
+        console.print(Text(f"note: {note}"), soft_wrap=True)
     console.print(
         f"sweep [bold]{settings.name}[/bold] on {settings.env}: {len(space)} parameters, "
         f"sampler {settings.sampler}, storage {settings.url}",

@@ -141,6 +141,7 @@ def open_study(settings: SweepSettings, base: Config, space: SearchSpace, worker
         center=center,
         max_cost=settings.max_cost,
         n_startup=settings.n_startup,
+        sobol_seed=settings.seed,
     )
     study = optuna.create_study(
         storage=storage, study_name=settings.name, directions=DIRECTIONS, sampler=sampler, load_if_exists=True
@@ -463,7 +464,6 @@ def run_sweep(
     from shoal.sweep.pareto import study_front
 
     space = space_from_config(base)
-    space.check_against(base)
     study = open_study(settings, base, space)
     reaped = reap_stale_trials(study, settings.stale_after)
     if reaped:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,7 +97,9 @@ class ParetoSampler(BaseSampler):
 
     Args:
         space: the search space; every suggestion covers all of it (relative sampling).
-        seed: seeds the quasi-random start and all draws.
+        seed: seeds all random draws (each worker of a sweep gets its own).
+        sobol_seed: seeds the start-up sequence, shared by all workers (default: `seed` if
+            given, else derived from the study name).
         n_startup: the first trials are a scrambled Sobol sequence (trial 0: the `center`).
         cost_key: the run-length key; start-up trials keep it in the cheapest `startup_cost`
             fraction of its range, and curve points are observations at shorter lengths.
@@ -115,6 +118,7 @@ class ParetoSampler(BaseSampler):
         space: SearchSpace,
         *,
         seed: int | None = None,
+        sobol_seed: int | None = None,
         n_startup: int = 8,
         cost_key: str | None = COST_KEY,
         startup_cost: float = 0.3,
@@ -128,6 +132,7 @@ class ParetoSampler(BaseSampler):
     ):
         self.space = space
         self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+        self.sobol_seed = sobol_seed if sobol_seed is not None else seed
         self.n_startup = n_startup
         self.cost_key = cost_key if cost_key in space else None
         self.startup_cost = startup_cost
@@ -175,25 +180,34 @@ class ParetoSampler(BaseSampler):
         trials = study.get_trials(deepcopy=False)
         obs = collect_observations(trials, self.space, self.cost_key)
         if trial.number < self.n_startup or int(obs.final.sum()) < 3 or len(obs) < 5:
-            unit = self.startup_point(trial.number)
+            unit = self.startup_point(trial.number, study.study_name)
             self.last_info = {"kind": "startup"}
         else:
             unit = self.suggest_unit(obs)
         values = self.space.from_unit(unit)
         return {k: v for k, v in values.items() if k in search_space}
 
-    def startup_point(self, index: int) -> np.ndarray:
-        """Trial 0: the center; then scrambled Sobol points with cheap run lengths."""
+    def startup_point(self, index: int, study_name: str = "") -> np.ndarray:
+        """Trial 0: the center; then scrambled Sobol points with cheap run lengths.
+
+        Workers of one sweep share the Sobol sequence (seeded by `sobol_seed`, else by the
+        study name) and take the points of their trials' numbers, so together they cover it.
+        """
         if index == 0 and self.center is not None:
+            values = {
+                p.key: p.mean if p.mean is not None else self.center.get(p.key) for p in self.space.params
+            }
+            # A base value outside the range (or the log domain, e.g. a 0 that disables a clip)
+            # is replaced by the nearest bound.
             unit = np.array(
                 [
-                    p.to_unit(p.mean if p.mean is not None else self.center.get(p.key, p.from_unit(0.5)))
-                    for p in self.space.params
+                    p.to_unit(min(max(v, p.low), p.high)) if isinstance(v, (int, float)) else 0.5
+                    for p, v in zip(self.space.params, values.values(), strict=True)
                 ]
             )
-            unit = np.clip(unit, 0.0, 1.0)
         else:
-            sobol = qmc.Sobol(len(self.space), scramble=True, seed=self.seed)
+            seed = self.sobol_seed if self.sobol_seed is not None else zlib.crc32(study_name.encode())
+            sobol = qmc.Sobol(len(self.space), scramble=True, seed=seed)
             count = 1 << max(1, math.ceil(math.log2(index + 1)))
             unit = sobol.random(count)[index % count]
         if self.cost_key is not None:
@@ -278,10 +292,13 @@ def make_sampler(
     center: dict[str, Any] | None = None,
     max_cost: float | None = None,
     n_startup: int = 8,
+    sobol_seed: int | None = None,
 ) -> BaseSampler:
     """'pareto' (cost-aware, default) or Optuna's 'random', 'tpe', 'gp' in multi-objective mode."""
     if name == "pareto":
-        return ParetoSampler(space, seed=seed, center=center, max_cost=max_cost, n_startup=n_startup)
+        return ParetoSampler(
+            space, seed=seed, sobol_seed=sobol_seed, center=center, max_cost=max_cost, n_startup=n_startup
+        )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":

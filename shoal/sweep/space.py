@@ -173,8 +173,8 @@ def make_param(key: str, spec: dict[str, Any]) -> Param:
     dist = spec.get("distribution")
     if dist not in DISTRIBUTIONS:
         raise SpaceError(
-            f"sweep.{key}: unknown distribution {dist!r} (expected one of {', '.join(DISTRIBUTIONS)})"
-            + _suggest(str(dist), DISTRIBUTIONS)
+            f"sweep.{key}: unknown distribution {dist!r} (expected one of {', '.join(DISTRIBUTIONS)}, "
+            "or 'off' to leave the key out)" + _suggest(str(dist), DISTRIBUTIONS)
         )
     for bound in ("min", "max"):
         value = spec.get(bound)
@@ -255,17 +255,45 @@ class SearchSpace:
             raise ValueError(f"expected {len(self.params)} unit coordinates, got {len(unit)}")
         return {p.key: p.from_unit(u) for p, u in zip(self.params, unit, strict=True)}
 
-    def check_against(self, cfg: Config) -> None:
-        """Catch ranges that cannot work with the base config before any run is spent on them."""
-        mb = self.by_key.get("train.minibatch_size")
-        batch_size = cfg.train.batch_size
-        if mb is not None and "train.batch_size" not in self.by_key and mb.high > batch_size:
-            raise SpaceError(
-                f"sweep.train.minibatch_size: max {mb.high:g} exceeds train.batch_size {batch_size}; "
-                "lower the max or raise train.batch_size"
+
+def _fit_sizes(spec: dict[str, dict[str, Any]], cfg: Config) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Narrow swept sizes to what the base config's batch allows (the default space must serve
+    envs whose batches differ by 1000x): minibatch_size <= batch_size, and
+    num_envs * bptt_horizon <= batch_size. A range left empty drops the key (the base value
+    stays). Returns the new spec and a note per change."""
+    spec = {k: dict(v) for k, v in spec.items()}
+    notes = []
+    batch = cfg.train.batch_size
+    limits = {}
+    if "train.batch_size" not in spec:
+        limits["train.minibatch_size"] = batch
+        if "env.num_envs" not in spec:
+            limits["train.bptt_horizon"] = max(batch // max(cfg.env.num_envs, 1), 1)
+    for key, limit in limits.items():
+        entry = spec.get(key)
+        if entry is None or not isinstance(entry.get("max"), (int, float)) or entry["max"] <= limit:
+            continue
+        if entry.get("distribution") == "pow2":
+            limit = 2 ** int(math.log2(limit))
+        if not isinstance(entry.get("min"), (int, float)) or entry["min"] >= limit:
+            del spec[key]
+            notes.append(f"{key} not swept: its range is above what train.batch_size {batch} allows")
+        else:
+            notes.append(
+                f"{key} max lowered from {entry['max']:g} to {limit:g} to fit train.batch_size {batch}"
             )
+            entry["max"] = limit
+    return spec, notes
 
 
-def space_from_config(cfg: Config) -> SearchSpace:
-    """The config's [sweep] tables, or DEFAULT_SPACE when it has none."""
-    return SearchSpace.from_dict(cfg.sweep or DEFAULT_SPACE)
+def space_from_config(cfg: Config, notes: list[str] | None = None) -> SearchSpace:
+    """The config's [sweep] tables (or DEFAULT_SPACE when it has none), fitted to its batch.
+
+    Keys with ``distribution = "off"`` are left out, so a config can drop keys of the default.
+    Changes made to fit the batch are appended to `notes` when given.
+    """
+    spec = {k: v for k, v in (cfg.sweep or DEFAULT_SPACE).items() if v.get("distribution") != "off"}
+    spec, changes = _fit_sizes(spec, cfg)
+    if notes is not None:
+        notes.extend(changes)
+    return SearchSpace.from_dict(spec)

@@ -67,7 +67,9 @@ def build_space(data: dict[str, Any]) -> gymnasium.Space:
     raise ValueError(f"unknown space type {kind!r} in checkpoint")
 
 
-def model_payload(policy: Policy, cfg: Config, obs_space: gymnasium.Space, act_space: gymnasium.Space) -> dict:
+def model_payload(
+    policy: Policy, cfg: Config, obs_space: gymnasium.Space, act_space: gymnasium.Space
+) -> dict:
     return {
         "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
         "config": cfg.to_dict(),
@@ -133,7 +135,9 @@ class Agent:
             return
         mask = torch.as_tensor(np.asarray(done_mask, dtype=bool), device=self.device)
         if mask.shape[0] != self._state[0].shape[0]:
-            raise ValueError(f"done_mask has {mask.shape[0]} rows, the agent tracks {self._state[0].shape[0]}")
+            raise ValueError(
+                f"done_mask has {mask.shape[0]} rows, the agent tracks {self._state[0].shape[0]}"
+            )
         for s in self._state:
             s.masked_fill_(mask.unsqueeze(1), 0.0)
 

@@ -102,8 +102,15 @@ class Learner:
         cfg, buf = self.cfg, self.buffer
         if cfg.vtrace:
             return vtrace_advantages(
-                buf.values, buf.rewards, buf.dones, buf.next_value, buf.ratio,
-                cfg.gamma, cfg.gae_lambda, cfg.vtrace_rho_clip, cfg.vtrace_c_clip,
+                buf.values,
+                buf.rewards,
+                buf.dones,
+                buf.next_value,
+                buf.ratio,
+                cfg.gamma,
+                cfg.gae_lambda,
+                cfg.vtrace_rho_clip,
+                cfg.vtrace_c_clip,
             )
         return gae(buf.values, buf.rewards, buf.dones, buf.next_value, cfg.gamma, cfg.gae_lambda)
 
@@ -165,16 +172,32 @@ class Learner:
                         logits, values = self.forward_fn(_take(obs, chunk), _take(starts, chunk), state)
                     new_log_prob, entropy = evaluate_actions(policy, logits, _take(actions, chunk))
                     terms = ppo_loss(
-                        new_log_prob, _take(old_log_probs, chunk), adv[lo : lo + self.segments_per_chunk],
-                        values.float(), _take(old_values, chunk), _take(returns_seg, chunk), entropy,
-                        cfg.clip_coef, cfg.vf_clip_coef, cfg.vf_coef, cfg.ent_coef,
+                        new_log_prob,
+                        _take(old_log_probs, chunk),
+                        adv[lo : lo + self.segments_per_chunk],
+                        values.float(),
+                        _take(old_values, chunk),
+                        _take(returns_seg, chunk),
+                        entropy,
+                        cfg.clip_coef,
+                        cfg.vf_clip_coef,
+                        cfg.vf_coef,
+                        cfg.ent_coef,
                     )
                     (terms.loss * share if share != 1.0 else terms.loss).backward()
                     with torch.no_grad():
-                        totals += share * torch.stack(
-                            [terms.policy_loss, terms.value_loss, terms.entropy, terms.approx_kl,
-                             terms.clip_fraction]
-                        ).detach()
+                        totals += (
+                            share
+                            * torch.stack(
+                                [
+                                    terms.policy_loss,
+                                    terms.value_loss,
+                                    terms.entropy,
+                                    terms.approx_kl,
+                                    terms.clip_fraction,
+                                ]
+                            ).detach()
+                        )
                         if cfg.vtrace:
                             if chunk is None:
                                 ratio_seg.copy_(terms.ratio.detach())

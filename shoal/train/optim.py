@@ -30,10 +30,7 @@ def lr_factor(
     if schedule == "constant":
         return 1.0
     decay = (progress - warmup_fraction) / (1.0 - warmup_fraction)
-    if schedule == "linear":
-        shape = 1.0 - decay
-    else:
-        shape = 0.5 * (1.0 + math.cos(math.pi * decay))
+    shape = 1.0 - decay if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * decay))
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
@@ -72,7 +69,9 @@ class Optimizers:
 
     def load_state_dict(self, states: list[dict]) -> None:
         if len(states) != len(self.optimizers):
-            raise ValueError(f"checkpoint has {len(states)} optimizer states, expected {len(self.optimizers)}")
+            raise ValueError(
+                f"checkpoint has {len(states)} optimizer states, expected {len(self.optimizers)}"
+            )
         for opt, state in zip(self.optimizers, states, strict=True):
             opt.load_state_dict(state)
 
@@ -91,14 +90,30 @@ def make_optimizer(policy: nn.Module, train_cfg) -> Optimizers:
     if name == "adam":
         params = [p for p in policy.parameters() if p.requires_grad]
         return Optimizers(
-            [torch.optim.Adam(params, lr=lr, betas=betas, eps=train_cfg.eps,
-                              weight_decay=train_cfg.weight_decay, fused=True)]
+            [
+                torch.optim.Adam(
+                    params,
+                    lr=lr,
+                    betas=betas,
+                    eps=train_cfg.eps,
+                    weight_decay=train_cfg.weight_decay,
+                    fused=True,
+                )
+            ]
         )
     if name == "adamw":
         params = [p for p in policy.parameters() if p.requires_grad]
         return Optimizers(
-            [torch.optim.AdamW(params, lr=lr, betas=betas, eps=train_cfg.eps,
-                               weight_decay=train_cfg.weight_decay, fused=True)]
+            [
+                torch.optim.AdamW(
+                    params,
+                    lr=lr,
+                    betas=betas,
+                    eps=train_cfg.eps,
+                    weight_decay=train_cfg.weight_decay,
+                    fused=True,
+                )
+            ]
         )
     if name == "muon":
         groups = policy.parameter_groups()
@@ -106,12 +121,23 @@ def make_optimizer(policy: nn.Module, train_cfg) -> Optimizers:
         rest = [p for key in ("input", "output", "other") for _, p in groups[key]]
         opts: list[torch.optim.Optimizer] = []
         if hidden:
-            # match_rms_adamw scales Muon's orthogonal update to AdamW's RMS, so one learning
-            # rate suits both halves.
-            opts.append(torch.optim.Muon(hidden, lr=lr, weight_decay=train_cfg.weight_decay,
-                                         momentum=train_cfg.muon_momentum, adjust_lr_fn="match_rms_adamw"))
+            # Muon's own learning-rate scale (orthogonalized updates, RMS ~ 1/sqrt(width)): its
+            # usual rates (~0.02) are far above Adam's, hence muon_adam_lr_ratio for the rest.
+            opts.append(
+                torch.optim.Muon(
+                    hidden, lr=lr, weight_decay=train_cfg.weight_decay, momentum=train_cfg.muon_momentum
+                )
+            )
         adam_lr = lr * train_cfg.muon_adam_lr_ratio
-        opts.append(torch.optim.AdamW(rest, lr=adam_lr, betas=betas, eps=train_cfg.eps,
-                                      weight_decay=train_cfg.weight_decay, foreach=True))
+        opts.append(
+            torch.optim.AdamW(
+                rest,
+                lr=adam_lr,
+                betas=betas,
+                eps=train_cfg.eps,
+                weight_decay=train_cfg.weight_decay,
+                foreach=True,
+            )
+        )
         return Optimizers(opts)
     raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'muon', got {name!r}")

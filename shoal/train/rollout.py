@@ -51,7 +51,9 @@ class RolloutBuffer:
         device: torch.device,
     ) -> None:
         if steps % horizon:
-            raise ValueError(f"steps per agent ({steps}) must be a multiple of train.bptt_horizon ({horizon})")
+            raise ValueError(
+                f"steps per agent ({steps}) must be a multiple of train.bptt_horizon ({horizon})"
+            )
         self.num_agents, self.steps, self.horizon = num_agents, steps, horizon
         self.segments_per_agent = steps // horizon
         self.num_segments = num_agents * self.segments_per_agent

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,27 @@ from shoal.train.optim import make_optimizer
 from shoal.train.rollout import Collector, RolloutBuffer
 
 METRIC_KEYS = (
-    "epoch", "agent_steps", "wall_time", "sps", "score", "score_100", "episode_return", "episode_length",
-    "episodes", "learning_rate", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
-    "explained_variance", "time_env", "time_inference", "time_copy", "time_learn", "time_other",
+    "epoch",
+    "agent_steps",
+    "wall_time",
+    "sps",
+    "score",
+    "score_100",
+    "episode_return",
+    "episode_length",
+    "episodes",
+    "learning_rate",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "time_env",
+    "time_inference",
+    "time_copy",
+    "time_learn",
+    "time_other",
 )
 
 
@@ -144,19 +162,43 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def make_env(cfg: Config) -> Any:
     import shoal
 
-    kwargs: dict[str, Any] = dict(cfg.env.options)
-    if cfg.env.backend != "native":
-        kwargs.update(backend=cfg.env.backend, num_workers=cfg.env.num_workers)
-    return shoal.make(
-        cfg.env.name, num_envs=cfg.env.num_envs, seed=cfg.train.seed, num_threads=cfg.env.num_threads, **kwargs
+    options: dict[str, Any] = dict(cfg.env.options)
+    if cfg.env.backend == "native":
+        return shoal.make(
+            cfg.env.name,
+            num_envs=cfg.env.num_envs,
+            seed=cfg.train.seed,
+            num_threads=cfg.env.num_threads,
+            **options,
+        )
+    from shoal import vector
+
+    if not cfg.env.name.startswith(("gym:", "pettingzoo:")):
+        # Each worker steps its share of a native env on one thread; the workers are the parallelism.
+        options.setdefault("num_threads", 1)
+    # The trainer steps all envs together, so a batch is every env (synchronous use).
+    return vector.make(
+        cfg.env.name,
+        backend=cfg.env.backend,
+        num_envs=cfg.env.num_envs,
+        num_workers=cfg.env.num_workers,
+        seed=cfg.train.seed,
+        env_kwargs=options,
     )
 
 
 def validate(cfg: Config, num_agents: int) -> tuple[int, int]:
     """Check the batch geometry against the env; return (steps per agent, total epochs)."""
     t = cfg.train
-    positive = ("total_steps", "batch_size", "bptt_horizon", "minibatch_size", "max_minibatch_size",
-                "update_epochs", "checkpoint_interval")
+    positive = (
+        "total_steps",
+        "batch_size",
+        "bptt_horizon",
+        "minibatch_size",
+        "max_minibatch_size",
+        "update_epochs",
+        "checkpoint_interval",
+    )
     for key in positive:
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
@@ -167,10 +209,13 @@ def validate(cfg: Config, num_agents: int) -> tuple[int, int]:
     if t.advantage != "gae":
         raise ConfigError(f"train.advantage = {t.advantage!r} is not supported by this trainer (use 'gae')")
     if not (0.0 <= t.gamma <= 1.0 and 0.0 <= t.gae_lambda <= 1.0):
-        raise ConfigError(f"train.gamma and train.gae_lambda must be in [0, 1], got {t.gamma}, {t.gae_lambda}")
+        raise ConfigError(
+            f"train.gamma and train.gae_lambda must be in [0, 1], got {t.gamma}, {t.gae_lambda}"
+        )
     if t.prio_alpha < 0 or not 0.0 <= t.prio_beta0 <= 1.0:
         raise ConfigError(
-            f"train.prio_alpha must be >= 0 and train.prio_beta0 in [0, 1], got {t.prio_alpha}, {t.prio_beta0}"
+            "train.prio_alpha must be >= 0 and train.prio_beta0 in [0, 1], "
+            f"got {t.prio_alpha}, {t.prio_beta0}"
         )
     if t.vtrace and (t.vtrace_rho_clip <= 0 or t.vtrace_c_clip <= 0):
         raise ConfigError(
@@ -179,9 +224,10 @@ def validate(cfg: Config, num_agents: int) -> tuple[int, int]:
         )
     segment = num_agents * t.bptt_horizon
     if t.batch_size % segment:
+        nearest = max(1, round(t.batch_size / segment)) * segment
         raise ConfigError(
             f"train.batch_size ({t.batch_size}) must be a multiple of num_agents * train.bptt_horizon "
-            f"({num_agents} * {t.bptt_horizon} = {segment}); e.g. {max(1, round(t.batch_size / segment)) * segment}"
+            f"({num_agents} * {t.bptt_horizon} = {segment}); e.g. {nearest}"
         )
     if t.minibatch_size > t.batch_size or t.batch_size % t.minibatch_size:
         raise ConfigError(
@@ -189,7 +235,8 @@ def validate(cfg: Config, num_agents: int) -> tuple[int, int]:
         )
     if t.minibatch_size % t.bptt_horizon:
         raise ConfigError(
-            f"train.minibatch_size ({t.minibatch_size}) must be a multiple of train.bptt_horizon ({t.bptt_horizon})"
+            f"train.minibatch_size ({t.minibatch_size}) must be a multiple of "
+            f"train.bptt_horizon ({t.bptt_horizon})"
         )
     return t.batch_size // num_agents, math.ceil(t.total_steps / t.batch_size)
 
@@ -197,7 +244,7 @@ def validate(cfg: Config, num_agents: int) -> tuple[int, int]:
 def new_run_dir(cfg: Config) -> Path:
     root = Path(cfg.run.dir)
     name = cfg.run.name or f"{cfg.env.name.replace(':', '_').replace('/', '_')}_" + datetime.now(
-        timezone.utc
+        UTC
     ).strftime("%Y%m%d_%H%M%S")
     path, n = root / name, 1
     while path.exists() and any(path.iterdir()):
@@ -271,13 +318,21 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
             forward_fn = torch.compile(policy.forward_sequence)
 
         buffer = RolloutBuffer(
-            num_agents, steps_per_agent, tcfg.bptt_horizon, policy.obs_size, obs_space.dtype,
-            policy.spec.dims, policy.spec.kind == "continuous", cfg.policy.hidden_size if cfg.policy.lstm else 0,
+            num_agents,
+            steps_per_agent,
+            tcfg.bptt_horizon,
+            policy.obs_size,
+            obs_space.dtype,
+            policy.spec.dims,
+            policy.spec.kind == "continuous",
+            cfg.policy.hidden_size if cfg.policy.lstm else 0,
             device,
         )
         collector = Collector(env, policy, buffer, device, tcfg.gamma, autocast=autocast, step_fn=step_fn)
         updates_per_epoch = tcfg.update_epochs * (tcfg.batch_size // tcfg.minibatch_size)
-        learner = Learner(policy, optimizers, buffer, tcfg, total_epochs * updates_per_epoch, autocast, forward_fn)
+        learner = Learner(
+            policy, optimizers, buffer, tcfg, total_epochs * updates_per_epoch, autocast, forward_fn
+        )
 
         epoch, agent_steps, wall_offset = 0, 0, 0.0
         scores = ScoreWindow(100)
@@ -288,7 +343,9 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
             try:
                 policy.load_state_dict(resume_data["model"])
             except RuntimeError as e:
-                raise ConfigError(f"the checkpoint in {run_dir} does not fit this config's policy: {e}") from None
+                raise ConfigError(
+                    f"the checkpoint in {run_dir} does not fit this config's policy: {e}"
+                ) from None
             optimizers.load_state_dict(resume_data["optimizer"])
             epoch = int(resume_data["epoch"])
             agent_steps = int(resume_data["agent_steps"])
@@ -317,7 +374,11 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
                     "score_window": scores.state(),
                     "time_to_target": time_to_target,
                     "rng": rng_state(),
-                    **{k: v for k, v in model_payload(policy, cfg, obs_space, act_space).items() if k != "model"},
+                    **{
+                        k: v
+                        for k, v in model_payload(policy, cfg, obs_space, act_space).items()
+                        if k != "model"
+                    },
                 },
                 run_dir / CHECKPOINT,
             )
@@ -328,65 +389,73 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
         wall_time = wall_offset
         clock = time.perf_counter
         stop = False
-        with open(metrics_path, "a") as metrics_file:
-            while epoch < total_epochs and not stop:
-                t_epoch = clock()
-                collector.times.reset()
-                policy.eval()
-                obs_np = collector.collect(obs_np)
-                log = env.log()
-                t_learn = clock()
-                policy.train()
-                stats = learner.learn()
-                collector.times.learn = clock() - t_learn
-                epoch += 1
-                agent_steps += tcfg.batch_size
-                now = clock()
-                epoch_time = now - t_epoch
-                wall_time = wall_offset + (now - start)
-                episodes = float(log.get("episodes", 0.0)) if log else 0.0
-                score = float(log["score"]) if log and episodes > 0 else float("nan")
-                scores.add(score, episodes)
-                times = collector.times
-                metrics = {
-                    "epoch": epoch,
-                    "agent_steps": agent_steps,
-                    "wall_time": wall_time,
-                    "sps": tcfg.batch_size / epoch_time,
-                    "score": score,
-                    "score_100": scores.mean(),
-                    "episode_return": float(log.get("episode_return", math.nan)) if episodes else math.nan,
-                    "episode_length": float(log.get("episode_length", math.nan)) if episodes else math.nan,
-                    "episodes": episodes,
-                    "learning_rate": learner.current_lr(),
-                    **stats,
-                    "time_env": times.env,
-                    "time_inference": times.inference,
-                    "time_copy": times.copy,
-                    "time_learn": times.learn,
-                    "time_other": max(0.0, epoch_time - times.env - times.inference - times.copy - times.learn),
-                    "torch_threads": threads,
-                }
-                target = tcfg.target_score
-                if target is not None and time_to_target is None and scores.mean() >= target:
-                    time_to_target = wall_time
-                    stop = True
-                metrics["time_to_target"] = time_to_target
-                history.append(metrics)
-                metrics_file.write(json.dumps(metrics) + "\n")
-                metrics_file.flush()
-                dashboard.update(metrics)
-                if cfg.run.profile:
-                    print(_profile_line(metrics), flush=True)
-                if on_epoch is not None and on_epoch(metrics) is False:
-                    stop = True
-                if epoch % tcfg.checkpoint_interval == 0 or stop or epoch >= total_epochs:
-                    save_checkpoint()
-                    if tcfg.deterministic and not stop and epoch < total_epochs:
-                        # A resume from this checkpoint starts from freshly seeded envs; the
-                        # uninterrupted run does the same so both continue identically.
-                        obs_np, _ = env.reset(seed=reseed(tcfg.seed, epoch))
-                        collector.reset_state()
+        try:
+            with open(metrics_path, "a") as metrics_file:
+                while epoch < total_epochs and not stop:
+                    t_epoch = clock()
+                    collector.times.reset()
+                    policy.eval()
+                    obs_np = collector.collect(obs_np)
+                    log = env.log()
+                    t_learn = clock()
+                    policy.train()
+                    stats = learner.learn()
+                    collector.times.learn = clock() - t_learn
+                    epoch += 1
+                    agent_steps += tcfg.batch_size
+                    now = clock()
+                    epoch_time = now - t_epoch
+                    wall_time = wall_offset + (now - start)
+                    episodes = float(log.get("episodes", 0.0)) if log else 0.0
+                    score = float(log["score"]) if log and episodes > 0 else float("nan")
+                    scores.add(score, episodes)
+                    times = collector.times
+                    metrics = {
+                        "epoch": epoch,
+                        "agent_steps": agent_steps,
+                        "wall_time": wall_time,
+                        "sps": tcfg.batch_size / epoch_time,
+                        "score": score,
+                        "score_100": scores.mean(),
+                        "episode_return": _log_mean(log, "episode_return", episodes),
+                        "episode_length": _log_mean(log, "episode_length", episodes),
+                        "episodes": episodes,
+                        "learning_rate": learner.current_lr(),
+                        **stats,
+                        "time_env": times.env,
+                        "time_inference": times.inference,
+                        "time_copy": times.copy,
+                        "time_learn": times.learn,
+                        "time_other": max(
+                            0.0, epoch_time - times.env - times.inference - times.copy - times.learn
+                        ),
+                        "torch_threads": threads,
+                    }
+                    target = tcfg.target_score
+                    if target is not None and time_to_target is None and scores.mean() >= target:
+                        time_to_target = wall_time
+                        stop = True
+                    metrics["time_to_target"] = time_to_target
+                    history.append(metrics)
+                    metrics_file.write(json.dumps(metrics) + "\n")
+                    metrics_file.flush()
+                    dashboard.update(metrics)
+                    if cfg.run.profile:
+                        print(_profile_line(metrics), flush=True)
+                    if on_epoch is not None and on_epoch(metrics) is False:
+                        stop = True
+                    if epoch % tcfg.checkpoint_interval == 0 or stop or epoch >= total_epochs:
+                        save_checkpoint()
+                        if tcfg.deterministic and not stop and epoch < total_epochs:
+                            # A resume from this checkpoint starts from freshly seeded envs; the
+                            # uninterrupted run does the same so both continue identically.
+                            obs_np, _ = env.reset(seed=reseed(tcfg.seed, epoch))
+                            collector.reset_state()
+        except KeyboardInterrupt:
+            # The interrupted epoch may be half done: keep the last checkpoint for --resume and
+            # save the current weights for eval.
+            atomic_torch_save(model_payload(policy, cfg, obs_space, act_space), run_dir / MODEL)
+            raise
         if epoch == 0 or not (run_dir / CHECKPOINT).exists():
             save_checkpoint()
         atomic_torch_save(model_payload(policy, cfg, obs_space, act_space), run_dir / MODEL)
@@ -395,6 +464,10 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
         if dashboard is not None:
             dashboard.close()
         env.close()
+
+
+def _log_mean(log: dict[str, Any], key: str, episodes: float) -> float:
+    return float(log.get(key, math.nan)) if episodes > 0 else math.nan
 
 
 def _read_history(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
