@@ -342,3 +342,32 @@ def test_native_cartpole_through_multiprocessing() -> None:
     finally:
         env.close()
         serial.close()
+
+
+def test_builtin_pettingzoo_rps_through_both_backends() -> None:
+    # A real PettingZoo env (classic rock-paper-scissors, 2 agents, 100-move games).
+    pytest.importorskip("pygame", reason="pettingzoo.classic imports pygame (pip install -e '.[dev]')")
+    rps = functools.partial(make_pettingzoo, "pettingzoo.classic.rps_v2:parallel_env")
+    serial = vector.make(rps, "serial", num_envs=2, num_workers=2, seed=5)
+    env = vector.make(rps, "multiprocessing", num_envs=2, num_workers=2, seed=5)
+    try:
+        assert env.num_agents == 4 and env.single_action_space.n == 3
+        env.reset()
+        serial.reset()
+        moves = np.random.default_rng(0).integers(0, 3, size=(120, 4))
+        finished = 0
+        for actions in moves:
+            obs, rewards, terminals, truncations, _ = env.step(actions)
+            s_obs, s_rewards, s_terminals, s_truncations, _ = serial.step(actions)
+            np.testing.assert_array_equal(obs, s_obs)
+            np.testing.assert_array_equal(rewards, s_rewards)
+            # Zero-sum: the two players of an env always get opposite rewards.
+            np.testing.assert_array_equal(rewards[0::2], -rewards[1::2])
+            finished += int((terminals | truncations).sum())
+        assert finished >= 4  # every agent finished its 100-move game once
+        stats = env.log()
+        assert stats == serial.log() and stats["episodes"] == finished
+        assert env.log() == {}  # reading the statistics clears them
+    finally:
+        env.close()
+        serial.close()

@@ -61,7 +61,10 @@ def open_storage(
     must not leave an empty journal behind.
     """
     if storage is not None and _is_url(storage):
-        return optuna.storages.get_storage(storage)
+        # The sweep's own opener: it picks the PostgreSQL driver that is installed.
+        from shoal.sweep.storage import open_storage as open_rdb_storage
+
+        return open_rdb_storage(storage)
     path = Path(storage) if storage is not None else journal_path(name, sweeps_dir)
     if not path.exists():
         if not create:
