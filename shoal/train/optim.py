@@ -86,35 +86,12 @@ def make_optimizer(policy: nn.Module, train_cfg) -> Optimizers:
     betas = (train_cfg.beta1, train_cfg.beta2)
     if lr <= 0:
         raise ValueError(f"train.learning_rate must be positive, got {lr}")
-    # foreach kernels batch the per-parameter updates: fewer launches for small models.
-    if name == "adam":
+    adam_settings = {"betas": betas, "eps": train_cfg.eps, "weight_decay": train_cfg.weight_decay}
+    if name in ("adam", "adamw"):
+        adam_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         params = [p for p in policy.parameters() if p.requires_grad]
-        return Optimizers(
-            [
-                torch.optim.Adam(
-                    params,
-                    lr=lr,
-                    betas=betas,
-                    eps=train_cfg.eps,
-                    weight_decay=train_cfg.weight_decay,
-                    fused=True,
-                )
-            ]
-        )
-    if name == "adamw":
-        params = [p for p in policy.parameters() if p.requires_grad]
-        return Optimizers(
-            [
-                torch.optim.AdamW(
-                    params,
-                    lr=lr,
-                    betas=betas,
-                    eps=train_cfg.eps,
-                    weight_decay=train_cfg.weight_decay,
-                    fused=True,
-                )
-            ]
-        )
+        # Fused kernels update every parameter in a few launches: less overhead for small models.
+        return Optimizers([adam_class(params, lr=lr, fused=True, **adam_settings)])
     if name == "muon":
         groups = policy.parameter_groups()
         hidden = [p for _, p in groups["hidden"]]
@@ -129,15 +106,6 @@ def make_optimizer(policy: nn.Module, train_cfg) -> Optimizers:
                 )
             )
         adam_lr = lr * train_cfg.muon_adam_lr_ratio
-        opts.append(
-            torch.optim.AdamW(
-                rest,
-                lr=adam_lr,
-                betas=betas,
-                eps=train_cfg.eps,
-                weight_decay=train_cfg.weight_decay,
-                foreach=True,
-            )
-        )
+        opts.append(torch.optim.AdamW(rest, lr=adam_lr, foreach=True, **adam_settings))
         return Optimizers(opts)
     raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'muon', got {name!r}")
