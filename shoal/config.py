@@ -48,6 +48,9 @@ class PolicyConfig:
     # Nonlinearity after each encoder layer.
     activation: Literal["gelu", "relu", "tanh"] = "gelu"
     lstm: bool = True
+    # Standardize each observation feature with running mean/std (clipped to +-5) before the
+    # encoder; the statistics are updated after every epoch's update and saved with the model.
+    obs_norm: bool = False
     parametrization: Literal["standard", "mup"] = "standard"
     base_width: int = 128
 
@@ -92,6 +95,9 @@ class TrainConfig:
     vf_clip_coef: float = 0.2
     ent_coef: float = 0.01
     max_grad_norm: float = 0.5
+    # Rewards are clamped to [-reward_clip, reward_clip] before advantages (0 = off); PufferLib
+    # clamps to [-1, 1], which its tuned recipes (e.g. breakout's) assume.
+    reward_clip: float = 0.0
     norm_adv: bool = True
     # V-trace style correction: advantages are recomputed before every minibatch with each
     # step's latest importance ratio, clipped at rho (deltas) and c (traces).

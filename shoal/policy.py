@@ -61,11 +61,28 @@ def fast_tanh(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": fast_tanh}
 
 
+OBS_NORM_CLIP = 5.0
+OBS_NORM_EPS = 1e-2
+
+
 class Encoder(nn.Module):
-    """Observation -> features: ``input`` layer then ``num_layers - 1`` hidden layers."""
+    """Observation -> features: ``input`` layer then ``num_layers - 1`` hidden layers.
+
+    With ``obs_norm`` each observation feature is standardized with running statistics (see
+    :meth:`update_obs_stats`) and clipped to +-OBS_NORM_CLIP. Why: Adam and Muon move each
+    input weight by about the learning rate per step, so a feature that must be read to a
+    small fraction of its range (Breakout's ball and paddle x, next to 108 brick flags that
+    are nearly always 1) takes thousands of updates to matter; standardized features do not.
+    """
 
     def __init__(
-        self, obs_size: int, hidden_size: int, num_layers: int, obs_scale: float, activation: str = "gelu"
+        self,
+        obs_size: int,
+        hidden_size: int,
+        num_layers: int,
+        obs_scale: float,
+        activation: str = "gelu",
+        obs_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -74,6 +91,12 @@ class Encoder(nn.Module):
             raise ValueError(f"policy.activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         self.activation = ACTIVATIONS[activation]
         self.obs_scale = obs_scale
+        self.obs_norm = obs_norm
+        if obs_norm:
+            # Buffers, so that checkpoints and load_agent carry the statistics.
+            self.register_buffer("obs_mean", torch.zeros(obs_size))
+            self.register_buffer("obs_var", torch.ones(obs_size))
+            self.register_buffer("obs_count", torch.zeros((), dtype=torch.float64))
         self.input = nn.Linear(obs_size, hidden_size)
         self.hidden = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers - 1))
 
@@ -81,10 +104,38 @@ class Encoder(nn.Module):
         x = obs.to(self.input.weight.dtype)
         if self.obs_scale != 1.0:
             x = x * self.obs_scale
+        if self.obs_norm:
+            x = (x - self.obs_mean) * torch.rsqrt(self.obs_var + OBS_NORM_EPS)
+            x = x.clamp(-OBS_NORM_CLIP, OBS_NORM_CLIP)
         x = self.activation(self.input(x))
         for layer in self.hidden:
             x = self.activation(layer(x))
         return x
+
+    @torch.no_grad()
+    def update_obs_stats(self, obs: torch.Tensor) -> None:
+        """Merge a batch of observations ``[..., obs_size]`` into the running mean and variance
+        (Chan et al.'s parallel update, so every observation seen weighs the same)."""
+        if not self.obs_norm:
+            return
+        x = obs.reshape(-1, obs.shape[-1]).float()
+        if self.obs_scale != 1.0:
+            x = x * self.obs_scale
+        n = x.shape[0]
+        if n == 0:
+            return
+        batch_var, batch_mean = torch.var_mean(x, dim=0, correction=0)
+        count = float(self.obs_count)
+        total = count + n
+        delta = batch_mean - self.obs_mean
+        if count == 0:
+            mean, var = batch_mean, batch_var
+        else:
+            mean = self.obs_mean + delta * (n / total)
+            var = (self.obs_var * count + batch_var * n + delta.pow(2) * (count * n / total)) / total
+        self.obs_mean.copy_(mean)
+        self.obs_var.copy_(var)
+        self.obs_count.fill_(total)
 
 
 class Policy(nn.Module):
@@ -98,6 +149,7 @@ class Policy(nn.Module):
         lstm: bool = True,
         num_layers: int = 1,
         activation: str = "gelu",
+        obs_norm: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(observation_space, gymnasium.spaces.Box):
@@ -110,7 +162,7 @@ class Policy(nn.Module):
         self.spec = action_spec(action_space)
         self.hidden_size = hidden_size
         self.use_lstm = lstm
-        self.encoder = Encoder(self.obs_size, hidden_size, num_layers, obs_scale, activation)
+        self.encoder = Encoder(self.obs_size, hidden_size, num_layers, obs_scale, activation, obs_norm)
         self.lstm = nn.LSTM(hidden_size, hidden_size) if lstm else None
         self.actor = nn.Linear(hidden_size, self.spec.logits_size)
         self.critic = nn.Linear(hidden_size, 1)
@@ -232,6 +284,10 @@ class Policy(nn.Module):
             outputs.append(h)
         return torch.stack(outputs, dim=1)
 
+    def update_obs_stats(self, obs: torch.Tensor) -> None:
+        """Fold a batch of observations into the input normalization (no-op without obs_norm)."""
+        self.encoder.update_obs_stats(obs)
+
     def value(self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Value of `obs` given the agents' state, without advancing any state."""
         return self.step(obs, state)[1]
@@ -305,6 +361,7 @@ def make_policy(observation_space: gymnasium.Space, action_space: gymnasium.Spac
         lstm=policy_cfg.lstm,
         num_layers=policy_cfg.num_layers,
         activation=policy_cfg.activation,
+        obs_norm=getattr(policy_cfg, "obs_norm", False),
     )
     if getattr(policy_cfg, "parametrization", "standard") == "mup":
         from shoal.mup import apply_mup

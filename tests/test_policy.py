@@ -144,3 +144,36 @@ def test_unsupported_spaces_are_rejected():
         make(gymnasium.spaces.Text(5))
     with pytest.raises(ValueError, match="num_layers"):
         make(layers=0)
+
+
+def test_obs_norm_statistics_match_all_observations_seen():
+    torch.manual_seed(0)
+    policy = Policy(BOX, gymnasium.spaces.Discrete(3), 16, lstm=False, obs_norm=True)
+    obs = torch.randn(2, 50, BOX.shape[0]) * torch.linspace(0.1, 5.0, BOX.shape[0]) + 3.0
+    policy.update_obs_stats(obs[0])
+    policy.update_obs_stats(obs[1])
+    var, mean = torch.var_mean(obs.reshape(-1, BOX.shape[0]), dim=0, correction=0)
+    assert torch.allclose(policy.encoder.obs_mean, mean, atol=1e-5)
+    assert torch.allclose(policy.encoder.obs_var, var, rtol=1e-4)
+    assert {"encoder.obs_mean", "encoder.obs_var", "encoder.obs_count"} <= set(policy.state_dict())
+
+
+def test_obs_norm_standardizes_and_clips_the_encoder_input():
+    policy = Policy(BOX, gymnasium.spaces.Discrete(3), 16, lstm=False, obs_norm=True)
+    # A feature that barely varies (like a brick flag) next to one that varies widely.
+    obs = torch.zeros(1000, BOX.shape[0])
+    obs[:, 0] = torch.linspace(-100.0, 100.0, 1000)
+    obs[:999, 1] = 1.0
+    policy.update_obs_stats(obs)
+    seen = []
+    policy.encoder.input.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    policy.step(obs, policy.initial_state(1000))
+    x = seen[0]
+    assert x[:, 0].std().item() == pytest.approx(1.0, rel=0.05)
+    assert x[:, 1].abs().max().item() == pytest.approx(5.0)  # the rare 0 flag is clipped, not 30
+
+
+def test_obs_norm_off_leaves_observations_alone():
+    policy = Policy(BOX, gymnasium.spaces.Discrete(3), 16, lstm=False)
+    policy.update_obs_stats(torch.randn(10, BOX.shape[0]))
+    assert not any(name.startswith("encoder.obs_") for name in policy.state_dict())

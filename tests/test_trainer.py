@@ -146,6 +146,11 @@ def test_resume_equals_uninterrupted(tmp_path):
         "0.2",
         "--train.optimizer",
         "muon",
+        # The running observation statistics must be restored too.
+        "--policy.obs-norm",
+        "true",
+        "--train.reward-clip",
+        "0.5",
     ]
     whole = train(config(tmp_path, "cartpole", *flags, name="whole"))
     first = train(config(tmp_path, "cartpole", *flags, name="split"), on_epoch=lambda m: m["epoch"] < 2)
@@ -225,6 +230,23 @@ def test_truncation_bootstraps_from_final_observation_with_pre_reset_state():
     assert buffer.dones[0].tolist() == [0.0, 0.0, 1.0, 0.0] and buffer.dones[1].sum() == 0
     # The state was reset after the truncation: step 3 of agent 0 starts from zeros.
     assert buffer.segment_starts()[0].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_reward_clip_clamps_rewards_but_not_the_truncation_bootstrap():
+    torch.manual_seed(0)
+    env = TruncatingEnv()
+    policy = Policy(env.single_observation_space, env.single_action_space, 8, lstm=True)
+    buffer = RolloutBuffer(2, 4, 4, 3, np.float32, 1, False, 8, torch.device("cpu"))
+    collector = Collector(env, policy, buffer, torch.device("cpu"), gamma=0.9, reward_clip=1.5)
+    collector.collect(env.obs())
+    with torch.no_grad():
+        state = policy.initial_state(1)
+        for t in range(3):
+            _, _, state = policy.step(buffer.obs[0:1, t], state)
+        final_value = policy.value(torch.full((1, 3), 4.0), state)
+    # Agent 1's reward of 2 is clamped; agent 0's bootstrapped value is added after the clamp.
+    assert buffer.rewards[1].tolist() == [1.5] * 4
+    assert buffer.rewards[0, 2].item() == pytest.approx(1.0 + 0.9 * final_value.item(), rel=1e-5)
 
 
 def test_prioritized_sampling_weights():

@@ -102,6 +102,8 @@ class Collector:
     gamma: float
     autocast: contextlib.AbstractContextManager | None = None
     step_fn: object = None
+    # Rewards are clamped to [-reward_clip, reward_clip] as they are stored (0 = no clamp).
+    reward_clip: float = 0.0
     times: PhaseTimes = field(default_factory=PhaseTimes)
 
     def __post_init__(self) -> None:
@@ -175,6 +177,9 @@ class Collector:
             t4 = clock()
             np.logical_or(terminals, truncations, out=self.done_np)
             buf.rewards[:, t].copy_(torch.from_numpy(rewards))
+            if self.reward_clip > 0:
+                # Before the truncation bootstrap: gamma * V(final obs) is a value, not a reward.
+                buf.rewards[:, t].clamp_(-self.reward_clip, self.reward_clip)
             buf.dones[:, t].copy_(self.done_cpu)
             if truncations.any():
                 self._bootstrap_truncated(t, truncations, new_state)

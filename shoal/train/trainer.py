@@ -212,6 +212,8 @@ def validate(cfg: Config, num_agents: int) -> tuple[int, int]:
         raise ConfigError(
             f"train.gamma and train.gae_lambda must be in [0, 1], got {t.gamma}, {t.gae_lambda}"
         )
+    if t.reward_clip < 0:
+        raise ConfigError(f"train.reward_clip must be >= 0 (0 = no clipping), got {t.reward_clip}")
     if t.prio_alpha < 0 or not 0.0 <= t.prio_beta0 <= 1.0:
         raise ConfigError(
             "train.prio_alpha must be >= 0 and train.prio_beta0 in [0, 1], "
@@ -328,7 +330,16 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
             cfg.policy.hidden_size if cfg.policy.lstm else 0,
             device,
         )
-        collector = Collector(env, policy, buffer, device, tcfg.gamma, autocast=autocast, step_fn=step_fn)
+        collector = Collector(
+            env,
+            policy,
+            buffer,
+            device,
+            tcfg.gamma,
+            autocast=autocast,
+            step_fn=step_fn,
+            reward_clip=tcfg.reward_clip,
+        )
         updates_per_epoch = tcfg.update_epochs * (tcfg.batch_size // tcfg.minibatch_size)
         learner = Learner(
             policy, optimizers, buffer, tcfg, total_epochs * updates_per_epoch, autocast, forward_fn
@@ -400,6 +411,9 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
                     t_learn = clock()
                     policy.train()
                     stats = learner.learn()
+                    # After the update, so that the epoch's ratios start at 1; the next rollout
+                    # sees the statistics including this epoch's observations.
+                    policy.update_obs_stats(buffer.obs)
                     collector.times.learn = clock() - t_learn
                     epoch += 1
                     agent_steps += tcfg.batch_size
