@@ -287,7 +287,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from shoal.train import train
 
     result = train(cfg)
-    print_train_summary(cfg, result)
+    if getattr(result, "rank", 0) == 0:
+        # Under torchrun the other processes stay quiet.
+        print_train_summary(cfg, result)
     return 0
 
 

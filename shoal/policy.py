@@ -12,6 +12,7 @@ LSTM state wherever an episode starts inside a segment.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium
@@ -19,6 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# (count, mean, variance) of a batch -> those of the batch merged with others (data parallel).
+StatsCombine = Callable[[int, torch.Tensor, torch.Tensor], tuple[int, torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -113,18 +117,25 @@ class Encoder(nn.Module):
         return x
 
     @torch.no_grad()
-    def update_obs_stats(self, obs: torch.Tensor) -> None:
+    def update_obs_stats(self, obs: torch.Tensor, combine: StatsCombine | None = None) -> None:
         """Merge a batch of observations ``[..., obs_size]`` into the running mean and variance
-        (Chan et al.'s parallel update, so every observation seen weighs the same)."""
+        (Chan et al.'s parallel update, so every observation seen weighs the same).
+
+        `combine` maps this batch's (count, mean, variance) to those of a larger batch: data-
+        parallel ranks pass one that merges all ranks' batches, so their statistics stay equal.
+        """
         if not self.obs_norm:
             return
         x = obs.reshape(-1, obs.shape[-1]).float()
         if self.obs_scale != 1.0:
             x = x * self.obs_scale
         n = x.shape[0]
+        batch_var, batch_mean = torch.var_mean(x, dim=0, correction=0)
+        if combine is not None:
+            # Every rank takes part, also one with an empty batch.
+            n, batch_mean, batch_var = combine(n, batch_mean, batch_var)
         if n == 0:
             return
-        batch_var, batch_mean = torch.var_mean(x, dim=0, correction=0)
         count = float(self.obs_count)
         total = count + n
         delta = batch_mean - self.obs_mean
@@ -284,9 +295,10 @@ class Policy(nn.Module):
             outputs.append(h)
         return torch.stack(outputs, dim=1)
 
-    def update_obs_stats(self, obs: torch.Tensor) -> None:
-        """Fold a batch of observations into the input normalization (no-op without obs_norm)."""
-        self.encoder.update_obs_stats(obs)
+    def update_obs_stats(self, obs: torch.Tensor, combine: StatsCombine | None = None) -> None:
+        """Fold a batch of observations into the input normalization (no-op without obs_norm);
+        see Encoder.update_obs_stats for `combine`."""
+        self.encoder.update_obs_stats(obs, combine)
 
     def value(self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Value of `obs` given the agents' state, without advancing any state."""

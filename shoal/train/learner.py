@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -60,8 +61,12 @@ class Learner:
         total_updates: int,
         autocast=None,
         forward_fn=None,
+        grad_sync: Callable[[Sequence[torch.Tensor]], None] | None = None,
     ) -> None:
+        """`grad_sync(params)`, when given, runs after each minibatch's gradients are accumulated
+        and before clipping: data-parallel training averages the ranks' gradients there."""
         cfg = train_cfg
+        self.grad_sync = grad_sync
         self.policy, self.opt, self.buffer, self.cfg = policy, optimizers, buffer, cfg
         self.total_updates = max(total_updates, 1)
         self.autocast = autocast
@@ -203,6 +208,8 @@ class Learner:
                                 ratio_seg.copy_(terms.ratio.detach())
                             else:
                                 ratio_seg[chunk] = terms.ratio.detach()
+                if self.grad_sync is not None:
+                    self.grad_sync(self.params)
                 if cfg.max_grad_norm > 0:
                     nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
                 self.opt.step()

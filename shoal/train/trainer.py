@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import torch
 from shoal.config import Config, ConfigError
 from shoal.mup import regroup
 from shoal.policy import make_policy
+from shoal.train import distributed
 from shoal.train.checkpoint import (
     CHECKPOINT,
     MODEL,
@@ -66,6 +68,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     # Wall seconds until score_100 first reached train.target_score (None if it never did).
     time_to_target: float | None = None
+    # This process's rank in a multi-process run (0 alone, or without torchrun).
+    rank: int = 0
 
 
 class ScoreWindow:
@@ -104,10 +108,12 @@ class ScoreWindow:
 
 
 def configure_threads(torch_threads: int) -> int:
-    """Torch intra-op threads: `torch_threads`, or min(2, cores) when 0."""
+    """Torch intra-op threads: `torch_threads`, or min(2, this process's share of the cores) when 0
+    (torchrun's processes on one machine share its cores)."""
     if torch_threads < 0:
         raise ConfigError(f"train.torch_threads must be >= 0, got {torch_threads}")
-    threads = torch_threads or min(2, os.cpu_count() or 1)
+    share = max(1, (os.cpu_count() or 1) // distributed.local_world_size())
+    threads = torch_threads or min(2, share)
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):
         # Allowed once per process, before inter-op work starts; later calls keep the first value.
@@ -159,15 +165,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_env(cfg: Config) -> Any:
+def make_env(cfg: Config, seed: int | None = None) -> Any:
+    """The training envs, seeded with `seed` (default: train.seed)."""
     import shoal
 
+    seed = cfg.train.seed if seed is None else seed
     options: dict[str, Any] = dict(cfg.env.options)
     if cfg.env.backend == "native":
         return shoal.make(
             cfg.env.name,
             num_envs=cfg.env.num_envs,
-            seed=cfg.train.seed,
+            seed=seed,
             num_threads=cfg.env.num_threads,
             **options,
         )
@@ -182,7 +190,7 @@ def make_env(cfg: Config) -> Any:
         backend=cfg.env.backend,
         num_envs=cfg.env.num_envs,
         num_workers=cfg.env.num_workers,
-        seed=cfg.train.seed,
+        seed=seed,
         env_kwargs=options,
     )
 
@@ -280,13 +288,34 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
     With ``run.resume`` set to a run folder (or checkpoint file) the run continues from its
     checkpoint in the same folder. With ``train.deterministic`` the envs are re-seeded after
     every checkpoint, so a resumed run repeats the uninterrupted one exactly.
+
+    Launched by torchrun with several processes, the run is data parallel (see
+    shoal.train.distributed): train.total_steps counts the steps of all processes together,
+    train.batch_size is each process's own batch, and only rank 0 writes the run folder, shows
+    progress and calls `on_epoch` (its decision to stop applies to every rank).
     """
-    from shoal.train.dashboard import make_dashboard
+    dist, device_name = distributed.setup(cfg.train.device)
+    try:
+        return _train(cfg, on_epoch, dist, device_name)
+    finally:
+        dist.close()
+
+
+def _train(
+    cfg: Config,
+    on_epoch: Callable[[dict[str, Any]], Any] | None,
+    dist: distributed.Dist,
+    device_name: str,
+) -> TrainResult:
+    from shoal.train.dashboard import Dashboard, make_dashboard
 
     tcfg = cfg.train
+    main = dist.is_main
     threads = configure_threads(tcfg.torch_threads)
-    device = resolve_device(tcfg.device)
-    seed_everything(tcfg.seed)
+    device = resolve_device(device_name)
+    # Each rank its own envs and action sampling; rank 0 seeds as a single process would.
+    seed = dist.rank_seed(tcfg.seed)
+    seed_everything(seed)
     if tcfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         if device.type == "cuda":
@@ -301,15 +330,18 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
         resume_data = load_file(ckpt_path)
         run_dir = ckpt_path.parent
     else:
-        run_dir = new_run_dir(cfg)
+        run_dir = Path(dist.broadcast_object(str(new_run_dir(cfg)) if main else None))
 
-    env = make_env(cfg)
+    env = make_env(cfg, seed)
     dashboard = None
     try:
         num_agents = env.num_agents
         steps_per_agent, total_epochs = validate(cfg, num_agents)
+        # Each epoch every rank collects a batch.
+        total_epochs = math.ceil(tcfg.total_steps / (tcfg.batch_size * dist.world_size))
         obs_space, act_space = env.single_observation_space, env.single_action_space
         policy = make_policy(obs_space, act_space, cfg.policy).to(device)
+        dist.broadcast_module(policy)
         optimizers = regroup(make_optimizer(policy, tcfg), policy)  # muP learning-rate multipliers
         autocast = None
         if tcfg.precision == "bfloat16":
@@ -342,8 +374,16 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
         )
         updates_per_epoch = tcfg.update_epochs * (tcfg.batch_size // tcfg.minibatch_size)
         learner = Learner(
-            policy, optimizers, buffer, tcfg, total_epochs * updates_per_epoch, autocast, forward_fn
+            policy,
+            optimizers,
+            buffer,
+            tcfg,
+            total_epochs * updates_per_epoch,
+            autocast,
+            forward_fn,
+            grad_sync=dist.all_reduce_grads if dist.enabled else None,
         )
+        combine_stats = dist.merge_batch_stats if dist.enabled else None
 
         epoch, agent_steps, wall_offset = 0, 0, 0.0
         scores = ScoreWindow(100)
@@ -364,15 +404,39 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
             learner.update = int(resume_data["update"])
             scores.load(resume_data["score_window"])
             time_to_target = resume_data.get("time_to_target")
-            set_rng_state(resume_data["rng"])
-            history = _read_history(metrics_path, epoch)
-            write_text_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
-            obs_np, _ = env.reset(seed=reseed(tcfg.seed, epoch))
+            rank_rngs = resume_data.get("rng_ranks")
+            if dist.enabled and rank_rngs and len(rank_rngs) == dist.world_size:
+                set_rng_state(rank_rngs[dist.rank])
+            else:
+                set_rng_state(resume_data["rng"])
+                if dist.rank > 0:
+                    # Saved by another number of processes: keep this rank's sampling its own.
+                    seed_everything(reseed(seed, epoch))
+            if main:
+                history = _read_history(metrics_path, epoch)
+                write_text_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+            obs_np, _ = env.reset(seed=reseed(seed, epoch))
         else:
-            obs_np, _ = env.reset(seed=tcfg.seed)
-        write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+            obs_np, _ = env.reset(seed=seed)
+        if main:
+            write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
         def save_checkpoint() -> None:
+            # Every rank takes part (the gathers); rank 0 writes.
+            ranks: dict[str, Any] = {}
+            if dist.enabled:
+                gathered = dist.gather_objects((rng_state(), distributed.state_digest(policy)))
+                digests = [d for _, d in gathered]
+                ranks = {
+                    "world_size": dist.world_size,
+                    "rng_ranks": [r for r, _ in gathered],
+                    "rank_digests": digests,
+                }
+                warning = distributed.digest_check(digests)
+                if warning and main:
+                    print(f"warning: {warning}", file=sys.stderr, flush=True)
+            if not main:
+                return
             atomic_torch_save(
                 {
                     "model": policy.state_dict(),
@@ -390,18 +454,20 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
                         for k, v in model_payload(policy, cfg, obs_space, act_space).items()
                         if k != "model"
                     },
+                    **ranks,
                 },
                 run_dir / CHECKPOINT,
             )
 
-        dashboard = make_dashboard(cfg)
+        # The base Dashboard shows nothing: the other ranks run quiet.
+        dashboard = make_dashboard(cfg) if main else Dashboard(cfg)
         metrics: dict[str, Any] = history[-1] if history else {}
         start = time.perf_counter()
         wall_time = wall_offset
         clock = time.perf_counter
         stop = False
         try:
-            with open(metrics_path, "a") as metrics_file:
+            with open(metrics_path, "a") if main else contextlib.nullcontext() as metrics_file:
                 while epoch < total_epochs and not stop:
                     t_epoch = clock()
                     collector.times.reset()
@@ -413,14 +479,17 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
                     stats = learner.learn()
                     # After the update, so that the epoch's ratios start at 1; the next rollout
                     # sees the statistics including this epoch's observations.
-                    policy.update_obs_stats(buffer.obs)
+                    policy.update_obs_stats(buffer.obs, combine_stats)
                     collector.times.learn = clock() - t_learn
                     epoch += 1
-                    agent_steps += tcfg.batch_size
+                    agent_steps += tcfg.batch_size * dist.world_size
                     now = clock()
                     epoch_time = now - t_epoch
                     wall_time = wall_offset + (now - start)
                     episodes = float(log.get("episodes", 0.0)) if log else 0.0
+                    sps = tcfg.batch_size / epoch_time
+                    if dist.enabled:
+                        sps, log, episodes = _merge_epoch_log(dist, device, sps, log, episodes)
                     score = float(log["score"]) if log and episodes > 0 else float("nan")
                     scores.add(score, episodes)
                     times = collector.times
@@ -428,7 +497,7 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
                         "epoch": epoch,
                         "agent_steps": agent_steps,
                         "wall_time": wall_time,
-                        "sps": tcfg.batch_size / epoch_time,
+                        "sps": sps,
                         "score": score,
                         "score_100": scores.mean(),
                         "episode_return": _log_mean(log, "episode_return", episodes),
@@ -445,39 +514,62 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
                         ),
                         "torch_threads": threads,
                     }
+                    if dist.enabled:
+                        metrics["world_size"] = dist.world_size
                     target = tcfg.target_score
                     if target is not None and time_to_target is None and scores.mean() >= target:
                         time_to_target = wall_time
                         stop = True
                     metrics["time_to_target"] = time_to_target
                     history.append(metrics)
-                    metrics_file.write(json.dumps(metrics) + "\n")
-                    metrics_file.flush()
+                    if main:
+                        metrics_file.write(json.dumps(metrics) + "\n")
+                        metrics_file.flush()
                     dashboard.update(metrics)
-                    if cfg.run.profile:
+                    if cfg.run.profile and main:
                         print(_profile_line(metrics), flush=True)
-                    if on_epoch is not None and on_epoch(metrics) is False:
+                    if main and on_epoch is not None and on_epoch(metrics) is False:
                         stop = True
+                    if dist.enabled:
+                        stop = dist.any(stop, device)
                     if epoch % tcfg.checkpoint_interval == 0 or stop or epoch >= total_epochs:
                         save_checkpoint()
                         if tcfg.deterministic and not stop and epoch < total_epochs:
                             # A resume from this checkpoint starts from freshly seeded envs; the
                             # uninterrupted run does the same so both continue identically.
-                            obs_np, _ = env.reset(seed=reseed(tcfg.seed, epoch))
+                            obs_np, _ = env.reset(seed=reseed(seed, epoch))
                             collector.reset_state()
         except KeyboardInterrupt:
             # The interrupted epoch may be half done: keep the last checkpoint for --resume and
             # save the current weights for eval.
-            atomic_torch_save(model_payload(policy, cfg, obs_space, act_space), run_dir / MODEL)
+            if main:
+                atomic_torch_save(model_payload(policy, cfg, obs_space, act_space), run_dir / MODEL)
             raise
-        if epoch == 0 or not (run_dir / CHECKPOINT).exists():
+        # Rank 0's answer for all: the other ranks may not see the run folder.
+        if dist.broadcast_object(epoch == 0 or not (run_dir / CHECKPOINT).exists() if main else None):
             save_checkpoint()
-        atomic_torch_save(model_payload(policy, cfg, obs_space, act_space), run_dir / MODEL)
-        return TrainResult(run_dir, metrics, history, time_to_target)
+        if main:
+            atomic_torch_save(model_payload(policy, cfg, obs_space, act_space), run_dir / MODEL)
+        return TrainResult(run_dir, metrics, history, time_to_target, dist.rank)
     finally:
         if dashboard is not None:
             dashboard.close()
         env.close()
+
+
+def _merge_epoch_log(
+    dist: distributed.Dist, device: torch.device, sps: float, log: dict[str, Any], episodes: float
+) -> tuple[float, dict[str, Any], float]:
+    """All ranks' steps/s summed and their episode means merged, weighted by episode counts."""
+    keys = ("score", "episode_return", "episode_length")
+    weighted = [float(log[k]) * episodes if episodes > 0 and k in log else 0.0 for k in keys]
+    sums = dist.sum_floats([sps, episodes, *weighted], device)
+    total_sps, total_episodes = sums[0], sums[1]
+    if total_episodes <= 0:
+        return total_sps, {}, 0.0
+    merged: dict[str, Any] = {k: v / total_episodes for k, v in zip(keys, sums[2:], strict=True)}
+    merged["episodes"] = total_episodes
+    return total_sps, merged, total_episodes
 
 
 def _log_mean(log: dict[str, Any], key: str, episodes: float) -> float:
