@@ -22,7 +22,7 @@ PASSTHROUGH: dict[str, tuple[str, str, str]] = {
     "sweep": ("shoal.sweep.cli", "main", "run a cost-aware hyperparameter sweep (Optuna)"),
     "analyze": ("shoal.analysis.cli", "analyze_main", "summarize a sweep: fronts, tables, importance, plots"),
     "reproduce": ("shoal.analysis.cli", "reproduce_main", "re-run sweep trials or a config over seeds"),
-    "compare": ("shoal.analysis.cli", "compare_main", "compare runs or sweeps with significance tests"),
+    "compare": ("shoal.analysis.cli", "compare_main", "compare the learning curves of runs"),
     "mup-check": ("shoal.mup", "mup_check_main", "muP coordinate check: activation sizes across widths"),
 }
 

@@ -30,7 +30,9 @@ class ConfigError(ValueError):
 @dataclass
 class EnvConfig:
     name: str = "breakout"
-    num_envs: int = 4096
+    # Native envs set their own count in configs/<env>.toml; 64 suits Python (gym:) envs and
+    # divides the default batch.
+    num_envs: int = 64
     # "native": C envs stepped in-process; "serial"/"multiprocessing": shoal.vector backends.
     backend: Literal["native", "serial", "multiprocessing"] = "native"
     num_workers: int = 1

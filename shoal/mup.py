@@ -525,6 +525,10 @@ def _write_atomic(path: Path, write: Any) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file private; give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

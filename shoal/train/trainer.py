@@ -330,13 +330,16 @@ def _train(
         resume_data = load_file(ckpt_path)
         run_dir = ckpt_path.parent
     else:
-        run_dir = Path(dist.broadcast_object(str(new_run_dir(cfg)) if main else None))
+        run_dir = None
 
     env = make_env(cfg, seed)
     dashboard = None
     try:
         num_agents = env.num_agents
         steps_per_agent, total_epochs = validate(cfg, num_agents)
+        if run_dir is None:
+            # Made only once the config is known to be valid, so a mistake leaves no empty folder.
+            run_dir = Path(dist.broadcast_object(str(new_run_dir(cfg)) if main else None))
         # Each epoch every rank collects a batch.
         total_epochs = math.ceil(tcfg.total_steps / (tcfg.batch_size * dist.world_size))
         obs_space, act_space = env.single_observation_space, env.single_action_space
