@@ -35,6 +35,7 @@ from shoal.analysis import (
     top_table,
 )
 from shoal.analysis.analyze import analyze_sweep, compare_sweeps
+from shoal.analysis.stats import config_label
 from shoal.config import Config, set_key
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -502,6 +503,27 @@ def test_reproduce_max_cost_config_file_and_failures(
     assert "simulated crash" in failed.user_attrs["error"]
     file_run = [t for t in study.trials if t.user_attrs["source_trial"] == -1][0]
     assert file_run.user_attrs["config"]["train"]["learning_rate"] == 0.01
+
+
+def test_reproduce_keeps_different_config_files_apart(sweeps: Path, tmp_path: Path) -> None:
+    low, high = tmp_path / "low.toml", tmp_path / "high.toml"
+    low.write_text("[train]\nlearning_rate = 0.001\n")
+    high.write_text("[train]\nlearning_rate = 0.01\n")
+    for config_file in (low, high, low):
+        args = ["small", "--top", "0", "--seeds", "1", "--config", str(config_file)]
+        assert reproduce_main(args, train_fn=fake_train) == 0
+    repro = load_sweep("small").reproductions
+    rates = {
+        int(t.user_attrs["source_trial"]): t.user_attrs["config"]["train"]["learning_rate"]
+        for t in optuna.load_study(
+            study_name="small:reproduce", storage=storage_for(sweeps / "small.journal")
+        ).trials
+    }
+    # The second file is a new config; running the first file again adds to its own sample.
+    assert rates == {-1: 0.001, -2: 0.01}
+    assert sorted(repro["source_trial"].tolist()) == [-2, -1, -1]
+    assert len(set(repro.loc[repro["source_trial"] == -1, "seed"])) == 2
+    assert config_label(-2) == "config file #2"
 
 
 def test_reproduce_in_worker_processes(sweeps: Path, capsys: pytest.CaptureFixture[str]) -> None:

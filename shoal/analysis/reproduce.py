@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 
 from shoal.analysis import stats
-from shoal.analysis.sweeps import DEFAULT_SWEEPS_DIR, REPRODUCE_SUFFIX, Sweep, open_storage
+from shoal.analysis.sweeps import DEFAULT_SWEEPS_DIR, REPRODUCE_SUFFIX, Sweep, config_key, open_storage
 
 TrainFn = Callable[..., Any]
 FIRST_SEED = 1000  # re-run seeds start here, far from the small seeds sweeps usually use
@@ -28,7 +29,7 @@ SCORE_WINDOW = 3
 
 @dataclass
 class Job:
-    source_trial: int  # -1 for a config file
+    source_trial: int  # negative for a config file: -1, -2, ... one id per distinct config
     seed: int
     config: dict[str, Any]
     original_score: float = math.nan
@@ -123,12 +124,13 @@ def plan_jobs(
             seed = row["seed"]
             original_seed = int(seed) if seed is not None and not _nan(seed) else None
             sources.append((number, sweep.trial_config(number), float(row["score"]), original_seed))
+    repro = sweep.reproductions
     if config_file is not None:
         config = load_config_file(config_file, sweep)
-        sources.append((-1, config, math.nan, config.get("train", {}).get("seed")))
+        source = config_file_source(repro, config)
+        sources.append((source, config, math.nan, config.get("train", {}).get("seed")))
     if not sources:
         raise ValueError("nothing to reproduce: give --top K (K >= 1) and/or --config FILE")
-    repro = sweep.reproductions
     jobs = []
     for source, config, score, original_seed in sources:
         used = set()
@@ -141,6 +143,18 @@ def plan_jobs(
     return jobs
 
 
+def config_file_source(reproductions: pd.DataFrame, config: dict[str, Any]) -> int:
+    """The negative source id of a config file: the id its earlier re-runs have (same config),
+    else the next unused one (-1, -2, ...), so different files are never pooled."""
+    files = reproductions[reproductions["source_trial"] < 0] if not reproductions.empty else reproductions
+    if files.empty:
+        return -1
+    same = files.loc[files["config_key"] == config_key(config), "source_trial"]
+    if not same.empty:
+        return int(same.iloc[0])
+    return int(files["source_trial"].min()) - 1
+
+
 def _nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
@@ -151,7 +165,10 @@ def job_config(job: Job, sweep_name: str, workers: int) -> Any:
 
     cfg = from_dict(job.config)
     cfg.train.seed = job.seed
-    source = "config" if job.source_trial < 0 else f"t{job.source_trial}"
+    if job.source_trial >= 0:
+        source = f"t{job.source_trial}"
+    else:
+        source = "config" if job.source_trial == -1 else f"config{-job.source_trial}"
     cfg.run.name = f"{sweep_name}-reproduce-{source}-s{job.seed}"
     if getattr(cfg.run, "resume", ""):
         cfg.run.resume = ""  # a re-run must start fresh, not continue the original run's checkpoint
@@ -232,6 +249,7 @@ def record(study: optuna.Study, outcome: Outcome) -> optuna.trial.FrozenTrial:
     job = outcome.job
     attrs: dict[str, Any] = {
         "source_trial": job.source_trial,
+        "source_key": config_key(job.config),
         "seed": job.seed,
         "config": outcome.config,
         "curve": _json_safe(outcome.curve),

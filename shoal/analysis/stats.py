@@ -523,7 +523,9 @@ def reproduction_summary(reproductions: pd.DataFrame, originals: pd.DataFrame | 
 
 
 def config_label(source_trial: int) -> str:
-    return "config file" if source_trial < 0 else f"trial #{source_trial}"
+    if source_trial >= 0:
+        return f"trial #{source_trial}"
+    return "config file" if source_trial == -1 else f"config file #{-source_trial}"
 
 
 def reproduction_tests(reproductions: pd.DataFrame, alpha: float = ALPHA) -> list[Comparison]:

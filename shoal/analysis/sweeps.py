@@ -8,6 +8,8 @@ which `shoal reproduce` uses to write the re-runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +241,13 @@ class Sweep:
         return cfg.to_dict()
 
 
+def config_key(config: Any) -> str:
+    """A stable fingerprint of a config, so that re-runs of one config file group together."""
+    if not isinstance(config, dict):
+        return ""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def reproduction_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
     """Completed seed re-runs: trial, source_trial, seed, score, cost, steps, sps, curve."""
     rows = []
@@ -249,8 +258,9 @@ def reproduction_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
         source = trial.user_attrs.get("source_trial", -1)
         row = {k: row[k] for k in BASE_COLUMNS}
         row["source_trial"] = int(source) if source is not None else -1
+        row["config_key"] = trial.user_attrs.get("source_key", "")
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=BASE_COLUMNS + ["source_trial"])
+    frame = pd.DataFrame(rows, columns=BASE_COLUMNS + ["source_trial", "config_key"])
     for column in ("score", "cost", "steps", "sps"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     return frame
@@ -275,7 +285,7 @@ def load_sweep(name: str, storage: str | None = None, sweeps_dir: str | Path = D
             distributions.setdefault(key, dist)
     attrs = study.user_attrs
     base_config = attrs.get("base_config") if isinstance(attrs.get("base_config"), dict) else {}
-    reproductions = pd.DataFrame(columns=BASE_COLUMNS + ["source_trial"])
+    reproductions = pd.DataFrame(columns=BASE_COLUMNS + ["source_trial", "config_key"])
     repro_name = name + REPRODUCE_SUFFIX
     if repro_name in study_names:
         repro = optuna.load_study(study_name=repro_name, storage=opened)
