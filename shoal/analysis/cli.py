@@ -35,6 +35,21 @@ def _run_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
 
 
+def _add_sweep_location(parser: argparse.ArgumentParser) -> None:
+    """--storage and --sweep-dir: where a sweep NAME is found (as `shoal sweep` wrote it)."""
+    parser.add_argument(
+        "--storage", metavar="URL", help="Optuna RDB URL or journal file (default sweeps/NAME.journal)"
+    )
+    parser.add_argument(
+        "--sweep-dir",
+        "--sweeps-dir",
+        dest="sweeps_dir",
+        default=DEFAULT_SWEEPS_DIR,
+        metavar="DIR",
+        help="folder of sweep journal files (default sweeps)",
+    )
+
+
 def _positive(kind: type) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -83,9 +98,6 @@ def _analyze_parser() -> argparse.ArgumentParser:
         help="a second sweep to compare against (found like NAME, or in --vs-storage)",
     )
     parser.add_argument(
-        "--storage", metavar="URL", help="Optuna RDB URL or journal file (default sweeps/NAME.journal)"
-    )
-    parser.add_argument(
         "--vs-storage", metavar="URL", help="storage of the --vs sweep (default: as --storage)"
     )
     parser.add_argument(
@@ -98,14 +110,7 @@ def _analyze_parser() -> argparse.ArgumentParser:
         "--top", type=_positive(int), default=10, metavar="N", help="top-N table size (default 10)"
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (default sweeps/NAME-report/)")
-    parser.add_argument(
-        "--sweep-dir",
-        "--sweeps-dir",
-        dest="sweeps_dir",
-        default=DEFAULT_SWEEPS_DIR,
-        metavar="DIR",
-        help="folder of sweep journal files (default sweeps)",
-    )
+    _add_sweep_location(parser)
     return parser
 
 
@@ -264,22 +269,12 @@ def _reproduce_parser() -> argparse.ArgumentParser:
         help="pick the top configs among trials that cost at most S seconds",
     )
     parser.add_argument(
-        "--storage", metavar="URL", help="Optuna RDB URL or journal file (default sweeps/NAME.journal)"
-    )
-    parser.add_argument(
         "--workers", type=_positive(int), default=1, metavar="N", help="parallel runs (default 1)"
     )
     parser.add_argument(
         "--train-fn", metavar="MODULE:FUNCTION", help="train function (default shoal.train.train)"
     )
-    parser.add_argument(
-        "--sweep-dir",
-        "--sweeps-dir",
-        dest="sweeps_dir",
-        default=DEFAULT_SWEEPS_DIR,
-        metavar="DIR",
-        help="folder of sweep journal files (default sweeps)",
-    )
+    _add_sweep_location(parser)
     return parser
 
 
