@@ -1,12 +1,27 @@
 """Time-to-score benchmarks (not a test): CartPole to 475 and Breakout against PufferLib 3.0.
 
     python benchmarks/learning.py cartpole --seeds 3
+    python benchmarks/learning.py cartpole --seeds 3 --reference none
     python benchmarks/learning.py breakout --seeds 1 --minutes 20
     python benchmarks/learning.py breakout --minutes 1 -- --env.num-envs 1024 --train.batch-size 65536
 
 Each run trains with configs/<env>.toml (plus any config flags after `--`), then the script
 prints and saves (in --out) a JSON summary and PNG curves of score against agent steps and
 against wall time. For Breakout the PufferLib 3.0 reference curve is drawn beside ours.
+
+For CartPole the reference is measured in the same run: Stable-Baselines3 PPO with the RL Zoo's
+tuned CartPole-v1 hyperparameters (SB3_CARTPOLE) on Gymnasium's CartPole-v1, 8 envs in a
+DummyVecEnv. Per seed ours runs first and SB3 right after it, so machine noise hits both; both
+use the same number of torch threads (ours' train.torch_threads, 1 in configs/cartpole.toml).
+It needs the optional extra `pip install -e ".[bench]"` (stable-baselines3); without it the
+script says so and runs ours only (`--reference none` skips it on purpose).
+
+How the two clocks are read, the same way for both: time starts when training starts, after
+the envs, the policy and the optimizer are built and the envs reset (ours: the trainer's
+wall_time; SB3: its callback's on_training_start, after `learn`'s own setup), and stops at the
+first moment the mean return of the last (up to) 100 finished episodes is >= 475. Ours checks
+that once per epoch (512 steps), after the epoch's update; SB3's callback checks after every
+vector step (8 steps), so if anything the reference is credited earlier than ours.
 """
 
 from __future__ import annotations
@@ -14,16 +29,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
+import time
+from collections import deque
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
 from shoal.config import load_config  # noqa: E402
 from shoal.train import train  # noqa: E402
@@ -44,6 +62,138 @@ PUFFER_BREAKOUT = [
 ]
 PUFFER_SPS = 110_000
 TARGETS = {"cartpole": 475.0, "breakout": 700.0}
+
+# The RL Zoo's tuned PPO settings for CartPole-v1 (rl-baselines3-zoo, hyperparams/ppo.yml):
+#   n_envs 8, n_timesteps 1e5, policy MlpPolicy, n_steps 32, batch_size 256, gae_lambda 0.8,
+#   gamma 0.98, n_epochs 20, ent_coef 0.0, learning_rate lin_0.001, clip_range lin_0.2.
+# Everything else is SB3's PPO default (64x64 tanh MLP, vf_coef 0.5, max_grad_norm 0.5, ...).
+# "lin_X" is the zoo's linear_schedule: X * progress_remaining, decaying over n_timesteps.
+SB3_CARTPOLE: dict[str, Any] = {
+    "env_id": "CartPole-v1",
+    "n_envs": 8,
+    "n_timesteps": 100_000,
+    "policy": "MlpPolicy",
+    "n_steps": 32,
+    "batch_size": 256,
+    "gae_lambda": 0.8,
+    "gamma": 0.98,
+    "n_epochs": 20,
+    "ent_coef": 0.0,
+    "learning_rate": "lin_0.001",
+    "clip_range": "lin_0.2",
+}
+SB3_MISSING = (
+    "stable-baselines3 is not installed, so the in-run SB3 reference is skipped and only Shoal "
+    'runs; install it with `pip install -e ".[bench]"` (or `pip install stable-baselines3`).'
+)
+
+
+class Linear:
+    """The RL Zoo's linear schedule: `initial * progress_remaining` (1 at the start, 0 at the end)."""
+
+    def __init__(self, initial: float) -> None:
+        self.initial = initial
+
+    def __call__(self, progress_remaining: float) -> float:
+        return progress_remaining * self.initial
+
+
+def zoo_value(value: Any) -> Any:
+    """A zoo hyperparameter as SB3 takes it: "lin_X" becomes a linear schedule from X."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        return Linear(float(value[4:]))
+    return value
+
+
+class EpisodeTracker:
+    """Mean return of the last `window` finished episodes, from SB3's Monitor infos, and the first
+    time and step count at which it reached `target` (kept apart from SB3 so tests need no SB3)."""
+
+    def __init__(self, target: float | None, window: int = 100) -> None:
+        self.target = target
+        self.returns: deque[float] = deque(maxlen=window)
+        self.episodes = 0
+        self.time_to_target: float | None = None
+        self.steps_to_target: int | None = None
+
+    def mean(self) -> float:
+        return sum(self.returns) / len(self.returns) if self.returns else float("nan")
+
+    def update(self, infos: list[dict[str, Any]], steps: int, elapsed: float) -> bool:
+        """Take one vector step's infos; True once the target is (or already was) reached."""
+        for info in infos:
+            episode = info.get("episode")
+            if episode is not None:
+                self.returns.append(float(episode["r"]))
+                self.episodes += 1
+        if (
+            self.time_to_target is None
+            and self.target is not None
+            and self.returns
+            and self.mean() >= self.target
+        ):
+            self.time_to_target, self.steps_to_target = elapsed, steps
+        return self.time_to_target is not None
+
+
+def sb3_available() -> bool:
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_sb3(seed: int, minutes: float | None, threads: int, target: float | None) -> dict:
+    """SB3 PPO with the zoo's CartPole-v1 settings until the target, the zoo's step budget, or the
+    wall-time limit, whichever comes first."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    hp = SB3_CARTPOLE
+    limit = None if minutes is None else minutes * 60.0
+    tracker = EpisodeTracker(target)
+    curve: list[list[float]] = []
+
+    class StopAtTarget(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.start = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            elapsed = time.perf_counter() - self.start
+            reached = tracker.update(self.locals["infos"], self.num_timesteps, elapsed)
+            if reached or (limit is not None and elapsed >= limit):
+                curve.append([self.num_timesteps, elapsed, tracker.mean()])
+                return False
+            return True
+
+        def _on_rollout_end(self) -> None:
+            curve.append([self.num_timesteps, time.perf_counter() - self.start, tracker.mean()])
+
+    torch.set_num_threads(threads)
+    env = make_vec_env(hp["env_id"], n_envs=hp["n_envs"], seed=seed, vec_env_cls=DummyVecEnv)
+    skip = {"env_id", "n_envs", "n_timesteps", "policy"}
+    kwargs = {k: zoo_value(v) for k, v in hp.items() if k not in skip}
+    model = PPO(hp["policy"], env, seed=seed, device="cpu", verbose=0, **kwargs)
+    callback = StopAtTarget()
+    model.learn(total_timesteps=hp["n_timesteps"], callback=callback)
+    wall_time = time.perf_counter() - callback.start
+    env.close()
+    steps = int(model.num_timesteps)
+    return {
+        "seed": seed,
+        "reached": tracker.time_to_target is not None,
+        "time_to_target": tracker.time_to_target,
+        "steps_to_target": tracker.steps_to_target,
+        "final_score_100": tracker.mean(),
+        "agent_steps": steps,
+        "wall_time": wall_time,
+        "mean_sps": steps / max(wall_time, 1e-9),
+        "torch_threads": torch.get_num_threads(),
+        "curve": curve,
+    }
 
 
 def run_one(env: str, seed: int, minutes: float | None, flags: list[str], run_dir: str) -> dict:
@@ -81,18 +231,27 @@ def run_one(env: str, seed: int, minutes: float | None, flags: list[str], run_di
         "agent_steps": result.metrics["agent_steps"],
         "wall_time": result.metrics["wall_time"],
         "mean_sps": result.metrics["agent_steps"] / max(result.metrics["wall_time"], 1e-9),
+        "torch_threads": result.metrics.get("torch_threads", torch.get_num_threads()),
         "curve": curve,
     }
 
 
-def plot(env: str, runs: list[dict], target: float | None, out: Path) -> list[Path]:
+def plot(
+    env: str, runs: list[dict], target: float | None, out: Path, reference: list[dict] | None = None
+) -> list[Path]:
     paths = []
     for axis, label in ((0, "agent steps"), (1, "wall time (s)")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for run in runs:
+        for i, run in enumerate(runs):
             xs = [p[axis] for p in run["curve"]]
             ys = [p[2] for p in run["curve"]]
-            ax.plot(xs, ys, label=f"Shoal seed {run['seed']}")
+            color = plt.cm.Blues(0.5 + 0.4 * i / max(len(runs), 1))
+            ax.plot(xs, ys, color=color, label=f"Shoal seed {run['seed']}")
+        for i, run in enumerate(reference or []):
+            xs = [p[axis] for p in run["curve"]]
+            ys = [p[2] for p in run["curve"]]
+            color = plt.cm.Oranges(0.5 + 0.4 * i / max(len(reference or []), 1))
+            ax.plot(xs, ys, "--", color=color, label=f"SB3 PPO, RL Zoo settings, seed {run['seed']}")
         if env == "breakout":
             ref_x = [s if axis == 0 else s / PUFFER_SPS for s, _ in PUFFER_BREAKOUT]
             ax.plot(
@@ -107,13 +266,36 @@ def plot(env: str, runs: list[dict], target: float | None, out: Path) -> list[Pa
         ax.set_xlabel(label)
         ax.set_ylabel("score (mean of last 100 episodes)")
         ax.set_title(f"{env}: score vs {label}")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
         fig.tight_layout()
         path = out / f"{env}_score_vs_{'steps' if axis == 0 else 'time'}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def medians(runs: list[dict]) -> tuple[float | None, float | None]:
+    """Median time and steps to the target; a run that missed it counts as infinitely slow."""
+    if not runs:
+        return None, None
+    times = [r["time_to_target"] if r["reached"] else math.inf for r in runs]
+    steps = [r["steps_to_target"] if r["reached"] else math.inf for r in runs]
+    return statistics.median(times), statistics.median(steps)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def run_line(name: str, run: dict) -> str:
+    return (
+        f"seed {run['seed']} {name + ':':<6} reached={run['reached']} "
+        f"time_to_target={fmt(run['time_to_target'], '.2f')} s steps_to_target={run['steps_to_target']} "
+        f"steps={run['agent_steps']} score_100={fmt(run['final_score_100'], '.1f')} "
+        f"sps={run['mean_sps']:.0f} torch_threads={run['torch_threads']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,34 +309,81 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     parser.add_argument("--minutes", type=float, default=None, help="wall-time limit per run")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNGs")
+    parser.add_argument(
+        "--reference",
+        choices=["auto", "sb3", "none"],
+        default="auto",
+        help="in-run reference for cartpole: Stable-Baselines3 PPO with the RL Zoo's settings "
+        "(auto: when stable-baselines3 is installed; needs the 'bench' extra)",
+    )
     args = parser.parse_args(argv)
+    if args.env != "cartpole" and args.reference == "sb3":
+        parser.error("--reference sb3 is for cartpole (Breakout is drawn against PufferLib 3.0's curve)")
+
+    use_sb3 = args.env == "cartpole" and args.reference != "none"
+    if use_sb3 and not sb3_available():
+        print(SB3_MISSING, flush=True)
+        use_sb3 = False
+    target = TARGETS.get(args.env)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
+    runs: list[dict] = []
+    reference: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="shoal_bench_") as run_dir:
         for seed in range(args.seeds):
             run = run_one(args.env, seed, args.minutes, flags, run_dir)
             runs.append(run)
-            print(
-                f"seed {seed}: reached={run['reached']} time_to_target={run['time_to_target']} "
-                f"steps={run['agent_steps']} score_100={run['final_score_100']:.1f} "
-                f"sps={run['mean_sps']:.0f}",
-                flush=True,
-            )
-    times = [r["time_to_target"] if r["reached"] else math.inf for r in runs]
-    summary = {
+            print(run_line("shoal", run), flush=True)
+            if use_sb3:
+                ref = run_sb3(seed, args.minutes, run["torch_threads"], target)
+                reference.append(ref)
+                print(run_line("sb3", ref), flush=True)
+    median_time, median_steps = medians(runs)
+    summary: dict[str, Any] = {
         "env": args.env,
         "flags": flags,
-        "target": TARGETS.get(args.env),
-        "median_time_to_target": statistics.median(times) if times else None,
-        "torch_threads_default": min(2, os.cpu_count() or 1),
+        "target": target,
+        "median_time_to_target": median_time,
+        "median_steps_to_target": median_steps,
+        "torch_threads": sorted({r["torch_threads"] for r in runs}),
         "runs": runs,
     }
+    if reference:
+        ref_time, ref_steps = medians(reference)
+        ratio = ref_time / median_time if median_time and ref_time is not None else None
+        summary["reference"] = {
+            "name": "stable-baselines3 PPO, RL Zoo tuned CartPole-v1 settings",
+            "stable_baselines3": __import__("stable_baselines3").__version__,
+            "hyperparameters": SB3_CARTPOLE,
+            "median_time_to_target": ref_time,
+            "median_steps_to_target": ref_steps,
+            "time_ratio_sb3_over_shoal": ratio,
+            "runs": reference,
+        }
     (out / f"{args.env}_learning.json").write_text(json.dumps(summary, indent=1) + "\n")
-    paths = plot(args.env, runs, TARGETS.get(args.env), out)
+    paths = plot(args.env, runs, target, out, reference)
+    if reference:
+        print(f"\ntime and agent steps to a mean return of {target:g} (last 100 episodes):")
+        print(f"{'seed':>4}  {'shoal s':>8}  {'shoal steps':>11}  {'sb3 s':>8}  {'sb3 steps':>9}")
+        for ours, ref in zip(runs, reference, strict=True):
+            print(
+                f"{ours['seed']:>4}  {fmt(ours['time_to_target'], '8.2f'):>8}  "
+                f"{fmt(ours['steps_to_target'], '11d'):>11}  {fmt(ref['time_to_target'], '8.2f'):>8}  "
+                f"{fmt(ref['steps_to_target'], '9d'):>9}"
+            )
+        ref_summary = summary["reference"]
+        print(
+            f"{'med':>4}  {fmt(median_time, '8.2f'):>8}  {fmt(median_steps, '11.0f'):>11}  "
+            f"{fmt(ref_summary['median_time_to_target'], '8.2f'):>8}  "
+            f"{fmt(ref_summary['median_steps_to_target'], '9.0f'):>9}"
+        )
+        print(
+            f"SB3/Shoal ratio of median times: {fmt(ref_summary['time_ratio_sb3_over_shoal'], '.2f')} "
+            f"(torch threads {summary['torch_threads']} for both)"
+        )
     print(
-        f"median time to {TARGETS.get(args.env)}: {summary['median_time_to_target']} s; wrote "
+        f"median time to {target}: {fmt(median_time, '.2f')} s; wrote "
         + ", ".join(str(p) for p in [out / f"{args.env}_learning.json", *paths])
     )
     return 0

@@ -1,75 +1,361 @@
 """Training throughput on Breakout (not a test): steps/s and the time per phase.
 
-    python benchmarks/train_throughput.py --precisions float32 bfloat16 --batch-sizes 262144 524288
-    python benchmarks/train_throughput.py --num-envs 256 --batch-sizes 16384 --epochs 2   # quick check
+    python benchmarks/train_throughput.py                                  # default + lstm128 settings
+    python benchmarks/train_throughput.py --settings default --busy 1      # also with one core taken
+    python benchmarks/train_throughput.py --settings lstm128 --precisions bfloat16 float32
+    python benchmarks/train_throughput.py --settings default --overlap off on --rounds 2
+    python benchmarks/train_throughput.py --settings default --torch-threads 1 2 --busy 1 --rounds 2
+    python benchmarks/train_throughput.py --settings lstm128 --alternate-threads 2 1 --busy 1 --epochs 9
+    python benchmarks/train_throughput.py --rollout-ab --settings default lstm128 --busy 1   # overlap A/B
+    python benchmarks/train_throughput.py --batch-sizes 262144 524288      # custom: precision x batch
+    python benchmarks/train_throughput.py --num-envs 256 --batch-sizes 16384 --epochs 3   # quick check
 
-For each (precision, batch size) it trains for --epochs epochs, drops the first (warm-up), and
-records the mean steps/s and seconds per phase (env, inference, copy, learn, other) per epoch,
-written to a JSON file.
+Settings:
+  default   configs/breakout.toml as it is (MLP, float32, 1024 envs, batch 65536, 4 update epochs)
+  lstm128   the 128-wide LSTM policy: policy.lstm, hidden 128, 4096 envs, batch 262144,
+            minibatch 32768, 1 update epoch, for each of --precisions
+  custom    breakout with each (--precisions x --batch-sizes), minibatch --minibatch-size or
+            batch / 8, envs --num-envs (the old form of this script; picked by --batch-sizes)
+Flags after `--` go to every run's config (e.g. `-- --train.torch-threads 1`).
+
+Each setting trains for --epochs epochs in one process and drops the first (warm-up). With
+--busy N the remaining epochs alternate, undisturbed / busy / undisturbed / ..., where busy
+epochs run while N `while True: pass` processes keep N cores busy (started once, resumed with
+SIGCONT before a busy epoch and paused with SIGSTOP after it), and the figures of both kinds of
+epoch are printed with their ratio busy/undisturbed. --rounds repeats the settings in turn
+(setting A, B, A, B, ...), so that settings are compared under the same conditions.
+
+The OpenMP wait policy (--omp-wait-policy, like train.omp_wait_policy) is set before torch is
+imported, because torch reads it only then; every figure is printed with the torch threads,
+env threads and wait policy it ran with. The JSON (--out) has every epoch's figures.
+On a shared machine trust ratios measured in the same run, not the absolute figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from shoal.config import load_config
-from shoal.train import train
+from shoal.train import threads as thread_setup
 
 PHASES = ("time_env", "time_inference", "time_copy", "time_learn", "time_other")
 
 
-def measure(
-    precision: str, batch_size: int, args: argparse.Namespace, flags: list[str], run_dir: str
-) -> dict:
-    minibatch = min(args.minibatch_size or batch_size // 8, batch_size)
+class BusyCores:
+    """`count` busy-loop processes, paused until `on()`."""
+
+    def __init__(self, count: int) -> None:
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+        self.running = True
+        self.off()
+
+    def on(self) -> None:
+        if not self.running:
+            for p in self.procs:
+                os.kill(p.pid, signal.SIGCONT)
+            self.running = True
+
+    def off(self) -> None:
+        if self.running:
+            for p in self.procs:
+                os.kill(p.pid, signal.SIGSTOP)
+            self.running = False
+
+    def close(self) -> None:
+        for p in self.procs:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, sig)
+            p.wait()
+
+
+def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """(name, label, config overrides) of every configuration to measure."""
+    out = []
+    for setting in args.settings:
+        if setting == "default":
+            out.append({"setting": "default", "precision": None, "batch_size": None, "overrides": []})
+        elif setting == "lstm128":
+            for precision in args.precisions:
+                out.append(
+                    {
+                        "setting": "lstm128",
+                        "precision": precision,
+                        "batch_size": 262_144,
+                        "overrides": [
+                            "--policy.lstm", "true",
+                            "--policy.hidden-size", "128",
+                            "--env.num-envs", "4096",
+                            "--train.batch-size", "262144",
+                            "--train.minibatch-size", "32768",
+                            "--train.max-minibatch-size", "32768",
+                            "--train.update-epochs", "1",
+                            "--train.precision", precision,
+                        ],
+                    }
+                )
+        else:
+            for precision in args.precisions:
+                for batch_size in args.batch_sizes or [262_144, 524_288]:
+                    minibatch = min(args.minibatch_size or batch_size // 8, batch_size)
+                    overrides = [
+                        "--train.precision", precision,
+                        "--train.batch-size", str(batch_size),
+                        "--train.minibatch-size", str(minibatch),
+                        "--train.max-minibatch-size", str(minibatch),
+                    ]
+                    if args.num_envs:
+                        overrides += ["--env.num-envs", str(args.num_envs)]
+                    spec = {"setting": "custom", "precision": precision, "batch_size": batch_size}
+                    out.append({**spec, "overrides": overrides})
+    result = []
+    for s in out:
+        for overlap in args.overlap:
+            for threads in args.torch_threads:
+                result.append({**s, "overlap": overlap == "on", "torch_threads": threads})
+    return result
+
+
+def run_setting(
+    spec: dict[str, Any],
+    args: argparse.Namespace,
+    flags: list[str],
+    run_dir: str,
+    busy: BusyCores | None,
+    tag: str,
+) -> dict[str, Any]:
+    from shoal.train import train
+
+    # A fixed count when this run switches counts itself (no ThreadTuner then).
+    threads_flag = str(args.alternate_threads[0] if args.alternate_threads else spec["torch_threads"])
     overrides = [
-        "--run.dir",
-        run_dir,
-        "--run.name",
-        f"tp_{precision}_{batch_size}",
-        "--run.quiet",
-        "true",
-        "--train.precision",
-        precision,
-        "--train.batch-size",
-        str(batch_size),
-        "--train.minibatch-size",
-        str(minibatch),
-        "--train.max-minibatch-size",
-        str(minibatch),
-        "--train.total-steps",
-        str(batch_size * args.epochs),
-        "--train.checkpoint-interval",
-        "100000",
+        "--run.dir", run_dir,
+        "--run.name", f"tp_{tag}",
+        "--run.quiet", "true",
+        "--run.log-interval", "1000000",
+        "--train.checkpoint-interval", "1000000",
+        "--train.omp-wait-policy", args.omp_wait_policy,
+        "--train.overlap", "true" if spec["overlap"] else "false",
+        "--train.torch-threads", threads_flag,
+        *spec["overrides"],
     ]
-    if args.num_envs:
-        overrides += ["--env.num-envs", str(args.num_envs)]
     cfg = load_config(args.env, overrides + flags)
-    result = train(cfg)
-    epochs = result.history[1:] or result.history
-    row = {
-        "precision": precision,
-        "batch_size": batch_size,
-        "minibatch_size": minibatch,
+    cfg.train.total_steps = cfg.train.batch_size * args.epochs
+    # The condition of every epoch after the first (warm-up) one cycles through these:
+    # (torch threads or None = as configured, busy or not).
+    threads = args.alternate_threads or [None]
+    cycle = [(n, b) for b in ([False, True] if busy is not None else [False]) for n in threads]
+    kinds: list[tuple[int | None, bool]] = [(None, False)]
+
+    def apply(state: tuple[int | None, bool]) -> None:
+        import torch
+
+        n, on = state
+        if n is not None:
+            torch.set_num_threads(n)
+        if busy is not None:
+            (busy.on if on else busy.off)()
+
+    def on_epoch(metrics: dict[str, Any]) -> bool:
+        # Sets the condition of the next epoch.
+        state = cycle[(int(metrics["epoch"]) - 1) % len(cycle)]
+        kinds.append(state)
+        apply(state)
+        return True
+
+    try:
+        result = train(cfg, on_epoch=on_epoch)
+    finally:
+        if busy is not None:
+            busy.off()
+    import torch
+
+    epochs = []
+    for m, (n, on) in zip(result.history, kinds, strict=False):
+        condition = "busy" if on else "undisturbed"
+        epochs.append(dict(m, condition=condition, torch_threads=n or m["torch_threads"]))
+    last = result.metrics
+    row: dict[str, Any] = {
+        "setting": spec["setting"],
+        "precision": cfg.train.precision,
+        "batch_size": cfg.train.batch_size,
+        "minibatch_size": cfg.train.minibatch_size,
+        "update_epochs": cfg.train.update_epochs,
+        "lstm": cfg.policy.lstm,
+        "hidden_size": cfg.policy.hidden_size,
         "num_envs": cfg.env.num_envs,
-        "torch_threads": result.metrics.get("torch_threads"),
-        "env_threads": cfg.env.num_threads,
+        "overlap": cfg.train.overlap,
+        "torch_threads": "/".join(map(str, threads)) if args.alternate_threads else last.get("torch_threads"),
+        "env_threads": last.get("env_threads"),
+        "omp_wait_policy": last.get("omp_wait_policy"),
+        "threads_tuned": bool(last.get("threads_tuned")),
         "device": cfg.train.device,
         "compile": cfg.train.compile,
-        "epochs_measured": len(epochs),
-        "sps": statistics.mean(m["sps"] for m in epochs),
+        "epochs": epochs,
     }
-    for key in PHASES:
-        row[key] = statistics.mean(m[key] for m in epochs)
+    torch.set_num_threads(int(last.get("torch_threads") or 1))
+    measured = epochs[1:] or epochs
+    for n in threads:
+        target = row if n is None else row.setdefault("by_threads", {}).setdefault(str(n), {})
+        for condition in ("undisturbed", "busy"):
+            chosen = [
+                m for m in measured if m["condition"] == condition and (n is None or m["torch_threads"] == n)
+            ]
+            if not chosen:
+                continue
+            summary = {"epochs_measured": len(chosen), "sps": statistics.mean(m["sps"] for m in chosen)}
+            for key in (*PHASES, "time_env_hidden"):
+                summary[key] = statistics.mean(float(m.get(key, 0.0)) for m in chosen)
+            target[condition] = summary
+        if "undisturbed" in target and "busy" in target:
+            target["busy_over_undisturbed"] = target["busy"]["sps"] / target["undisturbed"]["sps"]
     return row
+
+
+def rollout_ab(
+    spec: dict[str, Any], args: argparse.Namespace, flags: list[str], busy: BusyCores | None
+) -> dict[str, Any]:
+    """Rollouts only, overlap off and on alternating in one process (ABBA...): seconds per
+    collect of one epoch's batch, undisturbed and (with --busy) busy."""
+    import functools
+
+    import torch
+
+    from shoal.policy import make_policy
+    from shoal.train.rollout import Collector, RolloutBuffer
+    from shoal.train.trainer import configure_threads, make_env
+
+    threads = ["--train.torch-threads", str(spec["torch_threads"])]
+    cfg = load_config(args.env, [*spec["overrides"], *threads, *flags])
+    info = configure_threads(cfg.train.torch_threads, args.omp_wait_policy)
+    device = torch.device("cpu")
+    envs = {}
+    for mode in ("off", "on"):
+        c = cfg.copy()
+        c.train.overlap = mode == "on"
+        envs[mode] = make_env(c)
+    env = envs["off"]
+    policy = make_policy(env.single_observation_space, env.single_action_space, cfg.policy).to(device)
+    policy.eval()
+    autocast = None
+    if cfg.train.precision == "bfloat16":
+        autocast = functools.partial(torch.autocast, device_type="cpu", dtype=torch.bfloat16)
+    steps = cfg.train.batch_size // env.num_agents
+    collectors, obs = {}, {}
+    for mode, e in envs.items():
+        buf = RolloutBuffer(
+            e.num_agents, steps, cfg.train.bptt_horizon, policy.obs_size, e.single_observation_space.dtype,
+            policy.spec.dims, False, cfg.policy.hidden_size if cfg.policy.lstm else 0, device,
+        )  # fmt: skip
+        collectors[mode] = Collector(
+            e, policy, buf, device, cfg.train.gamma, autocast=autocast, reward_clip=cfg.train.reward_clip,
+            overlap=mode == "on",
+        )  # fmt: skip
+        obs[mode] = e.reset()[0]
+    conditions = ["undisturbed", "busy"] if busy is not None else ["undisturbed"]
+    times: dict[str, dict[str, list]] = {c: {"off": [], "on": []} for c in conditions}
+    phases: dict[str, dict[str, list]] = {c: {"off": [], "on": []} for c in conditions}
+    try:
+        for mode in ("off", "on"):  # warm-up
+            obs[mode] = collectors[mode].collect(obs[mode])
+        for rep in range(args.rollout_reps):
+            for condition in conditions:
+                if busy is not None:
+                    (busy.on if condition == "busy" else busy.off)()
+                for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
+                    col = collectors[mode]
+                    col.times.reset()
+                    t0 = time.perf_counter()
+                    obs[mode] = col.collect(obs[mode])
+                    times[condition][mode].append(time.perf_counter() - t0)
+                    phases[condition][mode].append((col.times.env, col.times.inference, col.times.copy))
+    finally:
+        if busy is not None:
+            busy.off()
+        for e in envs.values():
+            e.close()
+    result: dict[str, Any] = {"spec": {k: v for k, v in spec.items() if k != "overrides"}, **info}
+    for condition in conditions:
+        entry = {}
+        for mode in ("off", "on"):
+            t = statistics.median(times[condition][mode])
+            split = phases[condition][mode]
+            env_t, inf_t, copy_t = (statistics.median(x[i] for x in split) for i in range(3))
+            entry[mode] = {"seconds": t, "sps": cfg.train.batch_size / t, "env": env_t, "inference": inf_t,
+                           "copy": copy_t, "all": times[condition][mode]}
+        entry["on_over_off_sps"] = entry["off"]["seconds"] / entry["on"]["seconds"]
+        result[condition] = entry
+    return result
+
+
+def print_rollout_ab(row: dict[str, Any], spec: dict[str, Any], reps: int) -> None:
+    print(
+        f"rollout A/B {spec['setting']} {spec['precision'] or ''} torch threads {row['torch_threads']} "
+        f"OMP wait {row['omp_wait_policy']} (median of {reps} collects each, alternating):"
+    )
+    for condition in ("undisturbed", "busy"):
+        if condition not in row:
+            continue
+        for mode in ("off", "on"):
+            e = row[condition][mode]
+            print(
+                f"  {condition:11s} overlap {mode:3s}: {e['sps']:>9.0f} steps/s ({e['seconds']:.3f}s) | "
+                f"env {e['env']:.3f}s inference {e['inference']:.3f}s copy {e['copy']:.3f}s"
+            )
+        ratio = row[condition]["on_over_off_sps"]
+        print(f"  {condition:11s} overlap on/off steps/s: {ratio:.3f}", flush=True)
+
+
+def print_figures(row: dict[str, Any], busy: int) -> None:
+    parts = [("", row)]
+    if "by_threads" in row:
+        parts = [(f"torch threads {n}: ", r) for n, r in row["by_threads"].items()]
+    for prefix, figs in parts:
+        for condition in ("undisturbed", "busy"):
+            if condition in figs:
+                label = condition if condition == "undisturbed" else f"busy ({busy})"
+                print(f"  {prefix}{label:13s} {figures(figs[condition])}", flush=True)
+        if "busy_over_undisturbed" in figs:
+            print(f"  {prefix}busy/undisturbed steps/s: {figs['busy_over_undisturbed']:.2f}", flush=True)
+    if "by_threads" in row and len(row["by_threads"]) == 2:
+        (a, ra), (b, rb) = row["by_threads"].items()
+        for condition in ("undisturbed", "busy"):
+            if condition in ra and condition in rb:
+                ratio = rb[condition]["sps"] / ra[condition]["sps"]
+                print(f"  {condition}: steps/s with {b} torch threads / with {a}: {ratio:.2f}", flush=True)
+
+
+def tuned(row: dict[str, Any]) -> str:
+    """The torch threads of every epoch's rollout/update, e.g. '2/2 2/1 1/1'."""
+    return " ".join(f"{m.get('torch_threads_rollout', '?')}/{m['torch_threads']}" for m in row["epochs"])
+
+
+def describe(row: dict[str, Any]) -> str:
+    model = f"lstm{row['hidden_size']}" if row["lstm"] else f"mlp{row['hidden_size']}"
+    return (
+        f"{row['setting']} ({model}, {row['precision']}, batch {row['batch_size']}, minibatch "
+        f"{row['minibatch_size']}, {row['update_epochs']} update epoch(s), {row['num_envs']} envs, "
+        f"overlap {'on' if row['overlap'] else 'off'}) | torch threads {row['torch_threads']}"
+        f"{' (tuned; rollout/update per epoch: ' + tuned(row) + ')' if row.get('threads_tuned') else ''}, "
+        f"env threads {row['env_threads']}{' x 2 halves' if row['overlap'] else ''}, "
+        f"OMP wait {row['omp_wait_policy']}"
+    )
+
+
+def figures(summary: dict[str, Any]) -> str:
+    phases = " ".join(f"{k[5:]} {summary[k]:.3f}s" for k in PHASES)
+    return f"{summary['sps']:>9.0f} steps/s | {phases} (per epoch, mean of {summary['epochs_measured']})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,33 +364,107 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, flags = argv[:cut], argv[cut + 1 :]
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env", default="breakout")
+    parser.add_argument("--settings", nargs="+", choices=["default", "lstm128", "custom"], default=None,
+                        help="default: default lstm128 (custom when --batch-sizes is given)")
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[262_144, 524_288])
-    parser.add_argument("--minibatch-size", type=int, default=0, help="default: batch size / 8")
-    parser.add_argument("--num-envs", type=int, default=0, help="default: the env config's")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per setting; the first is dropped")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="custom setting")
+    parser.add_argument("--minibatch-size", type=int, default=0, help="custom: default batch size / 8")
+    parser.add_argument("--num-envs", type=int, default=0, help="custom: default the env config's")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="epochs per run, the first dropped (default: 2 of each condition + 1)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="alternate epochs with N cores kept busy by other processes")
+    parser.add_argument("--overlap", nargs="+", choices=["off", "on"], default=["off"])
+    parser.add_argument("--torch-threads", nargs="+", type=int, default=[0],
+                        help="train.torch_threads values to compare (0 = automatic)")
+    parser.add_argument("--alternate-threads", nargs="+", type=int, default=None, metavar="N",
+                        help="switch torch threads between these counts epoch by epoch in one run")
+    parser.add_argument("--omp-wait-policy", choices=thread_setup.WAIT_POLICIES, default="auto")
+    parser.add_argument("--rounds", type=int, default=1, help="run every setting this many times, in turn")
+    parser.add_argument("--rollout-ab", action="store_true",
+                        help="time rollouts only, overlap off vs on alternating in one process")
+    parser.add_argument("--rollout-reps", type=int, default=6, help="collects per mode with --rollout-ab")
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = parser.parse_args(argv)
+    if args.settings is None:
+        args.settings = ["custom"] if args.batch_sizes else ["default", "lstm128"]
+    if not args.epochs:
+        args.epochs = 1 + 2 * (2 if args.busy else 1) * len(args.alternate_threads or [None])
+    if args.busy and args.epochs < 3:
+        parser.error("--busy needs --epochs >= 3 (a warm-up, an undisturbed and a busy epoch)")
 
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="shoal_tp_") as run_dir:
-        for precision in args.precisions:
-            for batch_size in args.batch_sizes:
-                row = measure(precision, batch_size, args, flags, run_dir)
+    # Before torch loads (train() imports it): libgomp reads OMP_WAIT_POLICY only then.
+    thread_setup.prepare_wait_policy(args.omp_wait_policy)
+    import torch
+
+    specs = settings(args)
+    busy = BusyCores(args.busy) if args.busy else None
+    if args.rollout_ab:
+        seen, rows = set(), []
+        try:
+            for spec in specs:
+                key = (spec["setting"], spec["precision"], spec["batch_size"], spec["torch_threads"])
+                if key in seen:
+                    continue
+                seen.add(key)
+                row = rollout_ab(spec, args, flags, busy)
                 rows.append(row)
-                phases = " ".join(f"{k[5:]} {row[k]:.3f}s" for k in PHASES)
-                print(
-                    f"{precision:9s} batch {batch_size:>8d}: {row['sps']:>10.0f} steps/s | {phases}",
-                    flush=True,
-                )
+                print_rollout_ab(row, spec, args.rollout_reps)
+        finally:
+            if busy is not None:
+                busy.close()
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"rollout_ab": rows, "busy_processes": args.busy}, indent=1) + "\n")
+        print(f"wrote {out}")
+        return 0
+    rows = []
+    print(f"cpu cores available {thread_setup.available_cores()}, load average {os.getloadavg()[0]:.2f}, "
+          f"busy processes {args.busy}", flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="shoal_tp_") as run_dir:
+            for r in range(args.rounds):
+                for i, spec in enumerate(specs):
+                    row = run_setting(spec, args, flags, run_dir, busy, f"{r}_{i}")
+                    row["round"] = r
+                    rows.append(row)
+                    print(describe(row), flush=True)
+                    print_figures(row, args.busy)
+    finally:
+        if busy is not None:
+            busy.close()
+    if args.rounds > 1 or len(specs) > 1:
+        print("summary (mean over rounds):")
+        for i in range(len(specs)):
+            mine = rows[i :: len(specs)]
+            first = mine[0]
+            groups = [(f"torch threads {first['torch_threads']}", mine)]
+            if "by_threads" in first:
+                by = first["by_threads"]
+                groups = [(f"torch threads {n}", [r["by_threads"][n] for r in mine]) for n in by]
+            for label, figs in groups:
+                line = f"  {describe(first).split(' | ')[0]} {label}, OMP wait {first['omp_wait_policy']}:"
+                for condition in ("undisturbed", "busy"):
+                    if all(condition in f for f in figs):
+                        sps = statistics.mean(f[condition]["sps"] for f in figs)
+                        line += f" {condition} {sps:.0f} steps/s"
+                if all("busy_over_undisturbed" in f for f in figs):
+                    ratio = statistics.mean(f["busy_over_undisturbed"] for f in figs)
+                    line += f", busy/undisturbed {ratio:.2f}"
+                print(line)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "env": args.env,
         "flags": flags,
+        "busy_processes": args.busy,
+        "omp_wait_policy": args.omp_wait_policy,
         "cpu_count": os.cpu_count(),
+        "cores_available": thread_setup.available_cores(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "results": rows,

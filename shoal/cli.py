@@ -283,6 +283,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.wandb:
         cfg.run.wandb = True
 
+    # Before anything loads torch: libgomp reads OMP_WAIT_POLICY only when torch is imported.
+    prepare_threads(cfg)
     check_env(cfg.env.name, cfg.env.options)
     from shoal.train import train
 
@@ -291,6 +293,17 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         # Under torchrun the other processes stay quiet.
         print_train_summary(cfg, result)
     return 0
+
+
+def prepare_threads(cfg: Any) -> None:
+    """Put train.omp_wait_policy into the environment while torch is not loaded yet (importing
+    shoal.train loads no torch). The trainer reports the policy torch actually runs with."""
+    from shoal.train import threads
+
+    try:
+        threads.prepare_wait_policy(cfg.train.omp_wait_policy)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def last_score(result: Any) -> tuple[str, float] | None:

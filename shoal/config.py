@@ -64,8 +64,16 @@ class TrainConfig:
     device: str = "auto"
     precision: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False
-    # Torch intra-op threads (0 = choose for the machine).
+    # Torch intra-op threads (0 = choose for the machine, and keep choosing by epoch times on
+    # the CPU; see shoal/train/threads.py).
     torch_threads: int = 0
+    # How idle OpenMP threads wait: "passive" (sleep), "active" (spin), or "auto" (the
+    # OMP_WAIT_POLICY in the environment, else passive). Applied before torch loads; see
+    # shoal/train/threads.py.
+    omp_wait_policy: Literal["auto", "passive", "active"] = "auto"
+    # Double-buffered rollouts: the envs are split in two halves, and one half steps while the
+    # policy acts for the other (native envs only).
+    overlap: bool = False
     total_steps: int = 10_000_000
     # Agent steps per rollout (num_agents * bptt_horizon must divide it).
     batch_size: int = 131_072
@@ -89,9 +97,15 @@ class TrainConfig:
     muon_adam_lr_ratio: float = 0.1
     gamma: float = 0.99
     gae_lambda: float = 0.95
+    # "gae", or "adaptive_horizon" (shoal/train/horizon.py: per-lag reward surprises, as far
+    # ahead as the critic can predict; gamma is its discount, gae_lambda is unused).
     advantage: Literal["gae", "adaptive_horizon"] = "gae"
+    # Adaptive horizon: the horizon starts at min_horizon and never leaves [min, max]; max_horizon
+    # is K, the lags the critic predicts (at most the rollout's steps per agent).
     min_horizon: int = 16
     max_horizon: int = 64
+    # The critic's loss covers lags up to horizon + horizon_margin (its growth per update).
+    horizon_margin: int = 8
     clip_coef: float = 0.2
     vf_coef: float = 0.5
     vf_clip_coef: float = 0.2

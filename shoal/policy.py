@@ -161,7 +161,10 @@ class Policy(nn.Module):
         num_layers: int = 1,
         activation: str = "gelu",
         obs_norm: bool = False,
+        horizon_lags: int = 0,
     ) -> None:
+        """`horizon_lags` > 0 adds the critic's reward-per-lag head used by the adaptive-horizon
+        advantage (shoal.train.horizon): a mean and a std for each of that many lags."""
         super().__init__()
         if not isinstance(observation_space, gymnasium.spaces.Box):
             raise TypeError(
@@ -177,6 +180,8 @@ class Policy(nn.Module):
         self.lstm = nn.LSTM(hidden_size, hidden_size) if lstm else None
         self.actor = nn.Linear(hidden_size, self.spec.logits_size)
         self.critic = nn.Linear(hidden_size, 1)
+        self.horizon_lags = horizon_lags
+        self.horizon = nn.Linear(hidden_size, 2 * horizon_lags) if horizon_lags > 0 else None
         if self.spec.kind == "continuous":
             self.log_std = nn.Parameter(torch.zeros(self.spec.dims))
         else:
@@ -198,6 +203,9 @@ class Policy(nn.Module):
         nn.init.zeros_(self.actor.bias)
         nn.init.orthogonal_(self.critic.weight, 1.0)
         nn.init.zeros_(self.critic.bias)
+        if self.horizon is not None:
+            nn.init.orthogonal_(self.horizon.weight, 0.01)
+            nn.init.zeros_(self.horizon.bias)
 
     # ---- parameter roles (optimizers, muP) ----
 
@@ -215,7 +223,7 @@ class Policy(nn.Module):
                 groups["other"].append((name, param))
             elif name.startswith("encoder.input"):
                 groups["input"].append((name, param))
-            elif name.startswith(("actor.", "critic.")):
+            elif name.startswith(("actor.", "critic.", "horizon.")):
                 groups["output"].append((name, param))
             else:
                 groups["hidden"].append((name, param))
@@ -255,12 +263,15 @@ class Policy(nn.Module):
         obs: torch.Tensor,
         starts: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with_horizon: int = 0,
+    ) -> tuple[torch.Tensor, ...]:
         """Segments ``obs [B, T, ...]`` -> (logits [B, T, K], values [B, T]).
 
         ``starts [B, T]`` is 1 where an observation begins a new episode: the LSTM state is
         zeroed before that step. ``state`` is each segment's state before its first step
-        (zeros when None); a start flag at t=0 zeroes it too.
+        (zeros when None); a start flag at t=0 zeroes it too. With ``with_horizon = n > 0`` a
+        third output is the horizon head's means and std parameters for the first ``n`` lags,
+        ``[B, T, 2n]`` (see :meth:`horizon_outputs`).
         """
         batch, horizon = obs.shape[:2]
         x = self.encoder(obs.reshape(batch * horizon, -1))
@@ -269,7 +280,24 @@ class Policy(nn.Module):
             x = x.reshape(batch * horizon, -1)
         logits = self.actor(x).view(batch, horizon, -1)
         values = self.critic(x).view(batch, horizon)
+        if with_horizon:
+            return logits, values, self.horizon_outputs(x, with_horizon).view(batch, horizon, -1)
         return logits, values
+
+    def horizon_outputs(self, x: torch.Tensor, lags: int) -> torch.Tensor:
+        """The horizon head for the first `lags` lags only: ``[..., 2 * lags]`` (means, then std
+        parameters). Why not the whole head: only the lags up to the horizon plus its margin are
+        used, and computing just those keeps a large maximum horizon free."""
+        if self.horizon is None:
+            raise ValueError("this policy has no horizon head (built with horizon_lags = 0)")
+        k = self.horizon_lags
+        if not 0 < lags <= k:
+            raise ValueError(f"lags must be in 1..{k}, got {lags}")
+        weight, bias = self.horizon.weight, self.horizon.bias
+        if lags < k:
+            weight = torch.cat([weight[:lags], weight[k : k + lags]])
+            bias = torch.cat([bias[:lags], bias[k : k + lags]])
+        return F.linear(x, weight, bias)
 
     def _lstm_sequence(
         self, x: torch.Tensor, starts: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
@@ -364,8 +392,10 @@ def evaluate_actions(
     return log_prob, entropy
 
 
-def make_policy(observation_space: gymnasium.Space, action_space: gymnasium.Space, policy_cfg) -> Policy:
-    """Build the policy a `PolicyConfig` describes."""
+def make_policy(
+    observation_space: gymnasium.Space, action_space: gymnasium.Space, policy_cfg, horizon_lags: int = 0
+) -> Policy:
+    """Build the policy a `PolicyConfig` describes (`horizon_lags`: see :class:`Policy`)."""
     policy = Policy(
         observation_space,
         action_space,
@@ -374,6 +404,7 @@ def make_policy(observation_space: gymnasium.Space, action_space: gymnasium.Spac
         num_layers=policy_cfg.num_layers,
         activation=policy_cfg.activation,
         obs_norm=getattr(policy_cfg, "obs_norm", False),
+        horizon_lags=horizon_lags,
     )
     if getattr(policy_cfg, "parametrization", "standard") == "mup":
         from shoal.mup import apply_mup

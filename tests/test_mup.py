@@ -258,3 +258,99 @@ def test_training_with_mup_resumes(tmp_path):
     cfg.train.total_steps = 2048
     resumed = train(cfg)
     assert resumed.metrics["agent_steps"] == 2048
+
+
+# ---- benchmarks/mup_transfer.py: its summary, failure handling and resume (no training) ----
+
+
+@pytest.fixture(scope="module")
+def transfer():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "mup_transfer.py"
+    spec = importlib.util.spec_from_file_location("mup_transfer_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_runs(scores, env="cartpole"):
+    # scores[parametrization][width][lr] = list of per-seed scores
+    return [
+        {"env": env, "parametrization": p, "width": w, "lr": lr, "seed": seed, "score": s,
+         "last_score": s, "seconds": 0.0, "error": None}
+        for p, by_w in scores.items() for w, by_lr in by_w.items() for lr, seeds in by_lr.items()
+        for seed, s in enumerate(seeds, 1)
+    ]
+
+
+def test_transfer_summary_best_lr_spread_and_loss(transfer):
+    nan = float("nan")
+    runs = fake_runs({
+        # standard: the best lr falls with width (1e-1 at 32, 1e-2 at 64, 1e-3 at 128, at the edge)
+        "standard": {
+            32: {1e-3: [10, 10], 1e-2: [50, 50], 1e-1: [100, 100]},
+            64: {1e-3: [40, 40], 1e-2: [100, 100], 1e-1: [0, 20]},
+            128: {1e-3: [100, 100], 1e-2: [60, 60], 1e-1: [0, nan]},  # a seed diverged
+        },
+        # muP: 1e-2 everywhere; at 128 its neighbours are unequal, so the interpolated optimum
+        # moves towards the better one.
+        "mup": {
+            32: {1e-3: [40, 40], 1e-2: [100, 100], 1e-1: [40, 40]},
+            64: {1e-3: [40, 40], 1e-2: [100, 100], 1e-1: [0, 20]},
+            128: {1e-3: [20, 20], 1e-2: [100, 100], 1e-1: [80, 80]},
+        },
+    })
+    summary = transfer.summarize(runs, base_width=64)["cartpole"]
+    assert list(summary) == ["standard", "mup"]
+    std, mup = summary["standard"], summary["mup"]
+    assert std["best_lr"] == {"32": 0.1, "64": 0.01, "128": 0.001}
+    assert std["best_lr_spread_decades"] == pytest.approx(2.0)
+    assert std["best_lr_at_edge"] == {"32": True, "64": False, "128": True}
+    assert std["mean_score"]["128"]["0.1"] == -math.inf  # a diverged seed makes the setting the worst
+    # Score range over all the env's finite runs: 0..100. Base lr 1e-2 loses 50 at 32, 40 at 128.
+    assert std["transfer_loss_per_width"] == pytest.approx({"32": 0.5, "128": 0.4})
+    assert std["transfer_loss"] == pytest.approx(0.45)
+    assert mup["best_lr"] == {"32": 0.01, "64": 0.01, "128": 0.01}
+    assert mup["best_lr_spread_decades"] == 0.0 and mup["transfer_loss"] == 0.0
+    assert mup["best_lr_fit"]["32"] == pytest.approx(0.01)
+    assert 0.01 < mup["best_lr_fit"]["128"] < 0.1
+    assert std["best_lr_fit"]["32"] == 0.1  # at the grid's edge: the grid point itself
+    assert mup["seed_scores"]["64"]["0.1"] == [0, 20]
+
+
+def test_transfer_run_that_fails_scores_as_the_worst(transfer, monkeypatch):
+    import shoal.train
+
+    def broken(cfg):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(shoal.train, "train", broken)
+    run = transfer.run_one("cartpole", ["--train.total-steps", "1024"], "mup", 32, 64, 1e-2, 1)
+    assert run["error"] == "RuntimeError: out of memory"
+    assert math.isnan(run["score"]) and run["flags"] == ["--train.total-steps", "1024"]
+
+
+def test_transfer_resume_reruns_nothing_that_is_recorded(transfer, monkeypatch, tmp_path):
+    flags = transfer.PRESETS["cartpole"]["quick"]["flags"]
+    runs = fake_runs({p: {w: {lr: [100.0 * (lr == 1e-2) + w / 100] for lr in (1e-3, 1e-2, 1e-1)}
+                          for w in (32, 64)} for p in ("standard", "mup")})
+    for r in runs:
+        r.update(flags=flags, base_width=64)
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs) + '{"env": "cartp')
+
+    def no_training(*args):
+        raise AssertionError(f"ran {args}")
+
+    monkeypatch.setattr(transfer, "run_one", no_training)
+    argv = ["--quick", "--envs", "cartpole", "--widths", "32,64", "--lrs", "1e-3,1e-2,1e-1", "--seeds", "1",
+            "--out", str(tmp_path), "--resume"]
+    assert transfer.main(argv) == 0
+    data = json.loads((tmp_path / "mup_transfer.json").read_text())
+    assert len(data["runs"]) == 12
+    assert data["summary"]["cartpole"]["mup"]["best_lr"] == {"32": 0.01, "64": 0.01}
+    assert (tmp_path / "mup_transfer.png").read_bytes()[:4] == b"\x89PNG"
+    # Other flags (or no --resume) start over: the recorded runs do not match.
+    with pytest.raises(AssertionError, match="ran"):
+        transfer.main([*argv[:-1], "--base-width", "32"])

@@ -14,6 +14,7 @@ import torch
 
 from shoal.config import Config, from_dict
 from shoal.policy import Policy, make_policy, sample_actions
+from shoal.train.horizon import head_lags
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -169,7 +170,7 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
     config = from_dict(data["config"])
     obs_space = build_space(data["observation_space"])
     act_space = build_space(data["action_space"])
-    policy = make_policy(obs_space, act_space, config.policy)
+    policy = make_policy(obs_space, act_space, config.policy, head_lags(config.train))
     try:
         policy.load_state_dict(data["model"])
     except RuntimeError as e:

@@ -173,14 +173,40 @@ class Dashboard:
         return str(device)
 
     def threads(self) -> tuple[str, str, str]:
-        """(torch threads, env threads, OMP wait policy) as text."""
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch_threads = str(torch.get_num_threads())
-        else:
-            torch_threads = str(self.cfg.train.torch_threads or "auto")
+        """(torch threads, env threads, OMP wait policy) as text.
+
+        The trainer's metrics say what the run uses (the wait policy is the one torch was
+        loaded with, "?" when unverified); before the first epoch, the config and environment.
+        """
+        torch_threads = self.metrics.get("torch_threads")
+        if not torch_threads:
+            torch = sys.modules.get("torch")
+            if torch is not None:
+                torch_threads = torch.get_num_threads()
+            else:
+                torch_threads = self.cfg.train.torch_threads or "auto"
+        if self.metrics.get("threads_tuned"):
+            # Tuned per phase: rollout/update.
+            rollout = self.metrics.get("torch_threads_rollout", torch_threads)
+            torch_threads = f"{rollout}/{torch_threads} (tuned)"
         env_threads = self.metrics.get("env_threads") or self.cfg.env.num_threads or "auto"
-        return torch_threads, str(env_threads), os.environ.get("OMP_WAIT_POLICY", "unset")
+        if self.metrics.get("overlap"):
+            env_threads = f"2 x {env_threads}"
+        omp = self.metrics.get("omp_wait_policy") or os.environ.get("OMP_WAIT_POLICY", "unset")
+        asked = getattr(self.cfg.train, "omp_wait_policy", "auto")
+        if "omp_wait_policy" in self.metrics and asked != "auto" and str(omp).rstrip("?") != asked:
+            # torch was loaded with another policy before shoal could set it.
+            omp = f"{omp} (asked {asked})"
+        return str(torch_threads), str(env_threads), str(omp)
+
+    def overlap(self) -> str:
+        """'off', or 'on' with the share of env time hidden behind inference."""
+        if not self.metrics.get("overlap", getattr(self.cfg.train, "overlap", False)):
+            return "off"
+        env, hidden = number(self.metrics, "time_env"), number(self.metrics, "time_env_hidden")
+        if env is None or hidden is None or env + hidden <= 0:
+            return "on"
+        return f"on · {100 * hidden / (env + hidden):.0f}% of env time hidden"
 
 
 class RichDashboard(Dashboard):
@@ -240,6 +266,7 @@ class RichDashboard(Dashboard):
             ("precision", cfg.train.precision, ""),
             ("threads", f"torch {torch_threads} · env {env_threads}", ""),
             ("OMP wait", omp, ""),
+            ("overlap", self.overlap(), ""),
         ]
         episodes = [
             ("score", fmt_float(number(m, "score")), "bold green"),

@@ -8,6 +8,7 @@ stay identical everywhere. Rank 0 alone writes the run folder. Without torchrun'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -152,8 +153,15 @@ class Dist:
         torch_dist.all_gather_object(out, obj)
         return out
 
-    def close(self) -> None:
+    def close(self, synchronize: bool = False) -> None:
+        """Leave the process group. With `synchronize` (a run that ended normally on this rank)
+        first wait for every rank: a rank that tore gloo down while another still talked to it
+        was seen to abort ("terminate called without an active exception"). Never after an
+        error, where the other ranks may be gone and a barrier could wait for them."""
         if self.initialized and torch_dist.is_initialized():
+            if synchronize:
+                with contextlib.suppress(RuntimeError):
+                    torch_dist.barrier()
             torch_dist.destroy_process_group()
         self.initialized = False
 

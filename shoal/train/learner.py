@@ -1,5 +1,7 @@
 """The PPO update over one epoch's buffer: minibatches of segments, V-trace, prioritized
-sampling, gradient accumulation, gradient clipping and the learning-rate schedule."""
+sampling, gradient accumulation, gradient clipping and the learning-rate schedule. The advantage
+is GAE (V-trace) with a scalar critic, or the adaptive horizon (shoal.train.horizon) with a
+per-lag reward critic."""
 
 from __future__ import annotations
 
@@ -12,6 +14,15 @@ from torch import nn
 
 from shoal.policy import Policy, evaluate_actions
 from shoal.train.advantage import gae, vtrace_advantages
+from shoal.train.horizon import (
+    HorizonStats,
+    bootstrap_tail,
+    choose_horizon,
+    gaussian_nll,
+    horizon_advantages,
+    lag_targets,
+    split_head,
+)
 from shoal.train.losses import normalize_advantages, ppo_loss
 from shoal.train.optim import Optimizers, lr_factor
 from shoal.train.rollout import RolloutBuffer
@@ -93,6 +104,17 @@ class Learner:
         self.update = 0  # optimizer steps taken, the schedule's position
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self._arange = torch.arange(buffer.num_segments, device=buffer.obs.device)
+        self.adaptive = cfg.advantage == "adaptive_horizon"
+        if self.adaptive:
+            if policy.horizon_lags < cfg.max_horizon:
+                raise ValueError(
+                    f"train.advantage = 'adaptive_horizon' needs a policy with a horizon head of "
+                    f"{cfg.max_horizon} lags (make_policy(..., horizon_lags=train.max_horizon))"
+                )
+            # Lags beyond the rollout's steps per agent are never observed.
+            self.lags = min(cfg.max_horizon, buffer.steps)
+            self.horizon = max(1, min(cfg.min_horizon, self.lags))
+            self.horizon_stats: HorizonStats | None = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return self.autocast() if self.autocast is not None else contextlib.nullcontext()
@@ -105,6 +127,18 @@ class Learner:
 
     def _advantages(self) -> torch.Tensor:
         cfg, buf = self.cfg, self.buffer
+        if self.adaptive:
+            return horizon_advantages(
+                self.adv_targets,
+                self.adv_valid,
+                self.pred_mean,
+                self.horizon_stats.weights,
+                cfg.gamma,
+                self.horizon,
+                buf.ratio if cfg.vtrace else None,
+                cfg.vtrace_rho_clip,
+                cfg.vtrace_c_clip,
+            )
         if cfg.vtrace:
             return vtrace_advantages(
                 buf.values,
@@ -119,13 +153,66 @@ class Learner:
             )
         return gae(buf.values, buf.rewards, buf.dones, buf.next_value, cfg.gamma, cfg.gae_lambda)
 
+    def trained_lags(self) -> int:
+        """Lags in the critic's loss: the horizon plus the margin it may grow into."""
+        return min(self.lags, self.horizon + self.cfg.horizon_margin)
+
+    @torch.no_grad()
+    def _predict_rewards(self, lags: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The horizon head's (means, stds) ``[agents, steps, lags]`` over the whole buffer."""
+        buf, policy = self.buffer, self.policy
+        seg = buf.segment_view
+        obs, starts = seg(buf.obs), buf.segment_starts()
+        state_h = buf.state_h.view(buf.num_segments, -1)
+        state_c = buf.state_c.view(buf.num_segments, -1)
+        means, stds = [], []
+        for lo in range(0, buf.num_segments, self.segments_per_chunk):
+            chunk = slice(lo, lo + self.segments_per_chunk)
+            state = (state_h[chunk], state_c[chunk]) if policy.use_lstm else None
+            with self._autocast():
+                raw = self.forward_fn(obs[chunk], starts[chunk], state, with_horizon=lags)[2]
+            mean, std = split_head(raw)
+            means.append(mean)
+            stds.append(std)
+        shape = (buf.num_agents, buf.steps, lags)
+        return torch.cat(means).view(shape), torch.cat(stds).view(shape)
+
+    def _update_horizon(self) -> None:
+        """Targets of this rollout, the critic's predictions, and from them the horizon.
+
+        Everything is computed for the lags the critic was trained on (``seen``) only: the new
+        horizon cannot pass them, so the advantage never needs more, and the cost does not grow
+        with train.max_horizon. The loss targets reach one margin further (the new horizon's)."""
+        cfg, buf = self.cfg, self.buffer
+        seen = self.trained_lags()
+        self.targets, self.valid = lag_targets(
+            buf.rewards, buf.dones, buf.truncated, min(self.lags, seen + cfg.horizon_margin)
+        )
+        self.pred_mean, std = self._predict_rewards(seen)
+        targets, valid = self.targets[..., :seen], self.valid[..., :seen]
+        self.horizon_stats = choose_horizon(
+            std, self.pred_mean, targets, valid, cfg.min_horizon, self.lags, seen
+        )
+        self.horizon = self.horizon_stats.horizon
+        self.adv_targets, self.adv_valid = bootstrap_tail(targets, valid, buf.dones, self.pred_mean[:, -1])
+
     def learn(self) -> dict[str, float]:
         """Run all update epochs over the buffer; return mean loss statistics."""
         cfg, buf, policy = self.cfg, self.buffer, self.policy
         buf.ratio.fill_(1.0)
+        if self.adaptive:
+            self._update_horizon()
         advantages = self._advantages()
-        returns = advantages + buf.values
-        stats = {"explained_variance": explained_variance(buf.values, returns)}
+        if self.adaptive:
+            # The scalar value head is not trained; its "returns" are only placeholders.
+            returns = buf.values
+            stats = {"explained_variance": self.horizon_stats.explained, "horizon": float(self.horizon)}
+            trained = self.trained_lags()
+            targets_seg = self.targets[..., :trained].reshape(buf.num_segments, buf.horizon, trained)
+            valid_seg = self.valid[..., :trained].reshape(buf.num_segments, buf.horizon, trained)
+        else:
+            returns = advantages + buf.values
+            stats = {"explained_variance": explained_variance(buf.values, returns)}
 
         seg = buf.segment_view
         obs, actions = seg(buf.obs), seg(buf.actions)
@@ -147,7 +234,8 @@ class Learner:
                     # V-trace: targets and advantages follow the ratios of the latest updates.
                     advantages = self._advantages()
                     advantages_seg = seg(advantages)
-                    returns_seg = seg(advantages + buf.values)
+                    if not self.adaptive:
+                        returns_seg = seg(advantages + buf.values)
                 weights = None
                 if cfg.prio_alpha > 0:
                     beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * self.progress()
@@ -174,7 +262,13 @@ class Learner:
                         share = len(chunk) / per
                     state = (_take(state_h, chunk), _take(state_c, chunk)) if policy.use_lstm else None
                     with self._autocast():
-                        logits, values = self.forward_fn(_take(obs, chunk), _take(starts, chunk), state)
+                        outputs = self.forward_fn(
+                            _take(obs, chunk),
+                            _take(starts, chunk),
+                            state,
+                            with_horizon=trained if self.adaptive else 0,
+                        )
+                    logits, values = outputs[0], outputs[1]
                     new_log_prob, entropy = evaluate_actions(policy, logits, _take(actions, chunk))
                     terms = ppo_loss(
                         new_log_prob,
@@ -186,9 +280,20 @@ class Learner:
                         entropy,
                         cfg.clip_coef,
                         cfg.vf_clip_coef,
-                        cfg.vf_coef,
+                        0.0 if self.adaptive else cfg.vf_coef,
                         cfg.ent_coef,
                     )
+                    if self.adaptive:
+                        # The critic is the horizon head: its loss is the likelihood of the rewards
+                        # at the lags it is trained on.
+                        mean, std = split_head(outputs[2])
+                        terms.value_loss = gaussian_nll(
+                            mean,
+                            std,
+                            _take(targets_seg, chunk),
+                            _take(valid_seg, chunk),
+                        )
+                        terms.loss = terms.loss + cfg.vf_coef * terms.value_loss
                     (terms.loss * share if share != 1.0 else terms.loss).backward()
                     with torch.no_grad():
                         totals += (

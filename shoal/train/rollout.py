@@ -68,6 +68,9 @@ class RolloutBuffer:
         self.values = zeros(a, s)
         self.rewards = zeros(a, s)
         self.dones = zeros(a, s)
+        # 1 where the episode was cut by a time limit (also 1 in dones): the adaptive-horizon
+        # advantage treats the rewards after it as unknown rather than as zero.
+        self.truncated = zeros(a, s)
         # Latest pi_new / pi_old per step, for V-trace; 1 until a minibatch trains on the step.
         self.ratio = torch.ones(a, s, device=device)
         # Recurrent state before each segment's first step.
@@ -104,6 +107,18 @@ class Collector:
     step_fn: object = None
     # Rewards are clamped to [-reward_clip, reward_clip] as they are stored (0 = no clamp).
     reward_clip: float = 0.0
+    # Add gamma * V(final obs) to the last reward of a truncated episode (GAE and V-trace); the
+    # adaptive-horizon advantage has no scalar value and masks what follows a truncation instead.
+    bootstrap_truncation: bool = True
+    # Double buffering (train.overlap): `env` is a shoal.train.overlap.EnvHalves, and one half's
+    # envs step on a background thread while the policy acts for the other half. The buffer
+    # gets the same layout and content as without it; `times.env` is then the time spent
+    # waiting for the envs, and `env_hidden` the env time that ran during other work.
+    overlap: bool = False
+    # shoal.train.threads.ThreadTuner pair (rollout, update): the first sets the torch threads
+    # of each collect and times it, the second those of what runs from the end of one collect
+    # to the start of the next (the learner's update).
+    thread_tuners: tuple | None = None
     times: PhaseTimes = field(default_factory=PhaseTimes)
 
     def __post_init__(self) -> None:
@@ -127,6 +142,13 @@ class Collector:
         self.obs_dev = torch.zeros(n, self.buffer.obs.shape[-1], dtype=obs_dtype, device=self.device)
         if self.step_fn is None:
             self.step_fn = self.policy.step
+        if self.overlap and len(getattr(env, "halves", ())) != 2:
+            raise ValueError(
+                "Collector(overlap=True) needs an env split in two halves (shoal.train.overlap.EnvHalves), "
+                f"got {type(env).__name__}"
+            )
+        # Seconds of env stepping that overlapped other work in the last collect (overlap only).
+        self.env_hidden = 0.0
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -135,16 +157,31 @@ class Collector:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return self.autocast() if self.autocast is not None else contextlib.nullcontext()
 
-    def _load_obs(self, obs_np: np.ndarray) -> torch.Tensor:
+    def _load_obs(self, obs_np: np.ndarray, rows: slice | None = None) -> torch.Tensor:
         obs = torch.from_numpy(obs_np)
         if self.on_cuda:
-            self.obs_dev.copy_(obs, non_blocking=True)
-            return self.obs_dev
+            target = self.obs_dev if rows is None else self.obs_dev[rows]
+            target.copy_(obs, non_blocking=True)
+            return target
         return obs
 
     @torch.inference_mode()
     def collect(self, obs_np: np.ndarray) -> np.ndarray:
         """Fill the buffer for one epoch starting from observations `obs_np`; return the last ones."""
+        if self.thread_tuners is None:
+            return self._collect(obs_np)
+        rollout, update = self.thread_tuners
+        update.end()
+        rollout.begin()
+        try:
+            return self._collect(obs_np)
+        finally:
+            rollout.end()
+            update.begin()
+
+    def _collect(self, obs_np: np.ndarray) -> np.ndarray:
+        if self.overlap:
+            return self._collect_overlap(obs_np)
         buf, env, policy = self.buffer, self.env, self.policy
         times = self.times
         clock = time.perf_counter
@@ -182,7 +219,11 @@ class Collector:
                 buf.rewards[:, t].clamp_(-self.reward_clip, self.reward_clip)
             buf.dones[:, t].copy_(self.done_cpu)
             if truncations.any():
-                self._bootstrap_truncated(t, truncations, new_state)
+                buf.truncated[:, t].copy_(torch.from_numpy(truncations))
+                if self.bootstrap_truncation:
+                    self._bootstrap_truncated(t, truncations, new_state)
+            else:
+                buf.truncated[:, t].zero_()
             if has_state:
                 done = self.done_cpu
                 if self.on_cuda:
@@ -201,13 +242,135 @@ class Collector:
         times.inference += clock() - t0
         return obs_np
 
-    def _bootstrap_truncated(self, t: int, truncations: np.ndarray, state: tuple) -> None:
+    def _bootstrap_truncated(
+        self, t: int, truncations: np.ndarray, state: tuple, env: object = None, offset: int = 0
+    ) -> None:
         """A truncated episode is not terminal: its last reward gains gamma * V(final obs),
-        valued with the agent's state before the reset."""
+        valued with the agent's state before the reset. With `env` (an env half) the rows are
+        that env's, and `offset` is its first row in the buffer."""
         rows = np.flatnonzero(truncations)
         idx = torch.from_numpy(rows).to(self.device)
-        final_obs = torch.from_numpy(self.env.final_observations[rows]).to(self.device)
+        source = self.env if env is None else env
+        final_obs = torch.from_numpy(source.final_observations[rows]).to(self.device)
         sub_state = (state[0][idx], state[1][idx])
         with self._autocast():
             value = self.policy.value(final_obs, sub_state).float()
-        self.buffer.rewards[idx, t] += self.gamma * value
+        self.buffer.rewards[idx + offset if offset else idx, t] += self.gamma * value
+
+    # ---- double buffering ----
+
+    def _collect_overlap(self, obs_np: np.ndarray) -> np.ndarray:
+        """`collect` with the env halves stepping in turn on a background thread.
+
+        Per step t: act for half 0; wait for half 1's step t-1 and start half 0's step t; store
+        half 1's step t-1; act for half 1; wait for half 0's step t and start half 1's; store
+        half 0's step t. The thread always has a step to run while this thread computes, and
+        each half's actions, rewards and state resets happen in the same order as without
+        overlap, so the buffer is the same whatever the timing.
+        """
+        from shoal.train.overlap import EnvStepper
+
+        buf, env = self.buffer, self.env
+        halves, rows = env.halves, env.rows
+        times = self.times
+        clock = time.perf_counter
+        steps = buf.steps
+        new_states: list = [None, None]
+        stepper = EnvStepper()
+        waited = 0.0
+
+        def wait() -> None:
+            nonlocal waited
+            t0 = clock()
+            stepper.wait()
+            waited += clock() - t0
+
+        try:
+            for t in range(steps):
+                src = obs_np[rows[0]] if t == 0 else halves[0].observations
+                new_states[0] = self._act(0, t, src)
+                if t > 0:
+                    wait()
+                stepper.start(halves[0], self.actions_np[rows[0]])
+                if t > 0:
+                    self._store(1, t - 1, new_states[1])
+                src = obs_np[rows[1]] if t == 0 else halves[1].observations
+                new_states[1] = self._act(1, t, src)
+                wait()
+                stepper.start(halves[1], self.actions_np[rows[1]])
+                self._store(0, t, new_states[0])
+            wait()
+            self._store(1, steps - 1, new_states[1])
+        finally:
+            stepper.close()
+        times.env += waited
+        self.env_hidden = max(0.0, stepper.busy - waited)
+        t0 = clock()
+        obs_np = env.gather()
+        with self._autocast():
+            buf.next_value.copy_(self.policy.value(self._load_obs(obs_np), self.state))
+        times.inference += clock() - t0
+        return obs_np
+
+    def _act(self, h: int, t: int, obs_np: np.ndarray) -> tuple:
+        """Inference for env half `h` at step t: fills its buffer rows and actions; returns its
+        new recurrent state (applied by `_store` once its step is known)."""
+        buf, policy, times = self.buffer, self.policy, self.times
+        clock = time.perf_counter
+        rows = self.env.rows[h]
+        t0 = clock()
+        obs = self._load_obs(obs_np, rows)
+        state = (self.state[0][rows], self.state[1][rows])
+        if policy.use_lstm and t % buf.horizon == 0:
+            k = t // buf.horizon
+            buf.state_h[rows, k].copy_(state[0])
+            buf.state_c[rows, k].copy_(state[1])
+        t1 = clock()
+        with self._autocast():
+            logits, value, new_state = self.step_fn(obs, state)
+            actions, log_prob = sample_actions(policy, logits)
+        t2 = clock()
+        buf.obs[rows, t].copy_(obs)
+        buf.actions[rows, t].copy_(actions)
+        buf.log_probs[rows, t].copy_(log_prob)
+        buf.values[rows, t].copy_(value)
+        if self.continuous:
+            actions = torch.max(torch.min(actions, self.high), self.low)
+        if self.on_cuda:
+            actions = actions.cpu()
+        out = self.actions_np[rows]
+        np.copyto(out, actions.numpy().reshape(out.shape), casting="unsafe")
+        t3 = clock()
+        times.copy += (t1 - t0) + (t3 - t2)
+        times.inference += t2 - t1
+        return new_state
+
+    def _store(self, h: int, t: int, new_state: tuple) -> None:
+        """Store env half `h`'s step t (rewards, dones, truncation bootstrap) and its state."""
+        buf, times = self.buffer, self.times
+        t0 = time.perf_counter()
+        half, rows = self.env.halves[h], self.env.rows[h]
+        rewards, terminals, truncations = half.rewards, half.terminals, half.truncations
+        done_np = self.done_np[rows]
+        np.logical_or(terminals, truncations, out=done_np)
+        done_cpu = self.done_cpu[rows]
+        buf.rewards[rows, t].copy_(torch.from_numpy(rewards))
+        if self.reward_clip > 0:
+            buf.rewards[rows, t].clamp_(-self.reward_clip, self.reward_clip)
+        buf.dones[rows, t].copy_(done_cpu)
+        if truncations.any():
+            buf.truncated[rows, t].copy_(torch.from_numpy(truncations))
+            if self.bootstrap_truncation:
+                self._bootstrap_truncated(t, truncations, new_state, half, rows.start)
+        else:
+            buf.truncated[rows, t].zero_()
+        if self.policy.use_lstm:
+            done = done_cpu
+            if self.on_cuda:
+                done = self.done_dev[rows]
+                done.copy_(done_cpu, non_blocking=True)
+            new_state[0].masked_fill_(done.unsqueeze(1), 0.0)
+            new_state[1].masked_fill_(done.unsqueeze(1), 0.0)
+            self.state[0][rows].copy_(new_state[0])
+            self.state[1][rows].copy_(new_state[1])
+        times.copy += time.perf_counter() - t0

@@ -32,6 +32,7 @@ from shoal.train.checkpoint import (
     model_payload,
     resolve_checkpoint,
 )
+from shoal.train.horizon import head_lags
 from shoal.train.learner import Learner
 from shoal.train.optim import make_optimizer
 from shoal.train.rollout import Collector, RolloutBuffer
@@ -53,6 +54,7 @@ METRIC_KEYS = (
     "approx_kl",
     "clip_fraction",
     "explained_variance",
+    "horizon",
     "time_env",
     "time_inference",
     "time_copy",
@@ -107,18 +109,53 @@ class ScoreWindow:
 # ---- setup ----
 
 
-def configure_threads(torch_threads: int) -> int:
+def configure_threads(torch_threads: int, omp_wait_policy: str = "auto") -> dict[str, Any]:
     """Torch intra-op threads: `torch_threads`, or min(2, this process's share of the cores) when 0
-    (torchrun's processes on one machine share its cores)."""
+    (torchrun's processes on one machine share its cores). The OpenMP wait policy was fixed when
+    torch loaded (shoal.train.threads); this reports it, and warns when it is not the one asked.
+
+    Returns the metrics' ``torch_threads`` and ``omp_wait_policy`` (passive, active, default =
+    libgomp's spin-then-sleep, with "?" appended when it could not be verified).
+    """
+    from shoal.train import threads as thread_setup
+
     if torch_threads < 0:
         raise ConfigError(f"train.torch_threads must be >= 0, got {torch_threads}")
-    share = max(1, (os.cpu_count() or 1) // distributed.local_world_size())
-    threads = torch_threads or min(2, share)
+    threads = thread_setup.choose_torch_threads(torch_threads, distributed.local_world_size())
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):
         # Allowed once per process, before inter-op work starts; later calls keep the first value.
         torch.set_num_interop_threads(1)
-    return threads
+    try:
+        status = thread_setup.wait_policy_status(omp_wait_policy)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if omp_wait_policy != "auto" and status.note:
+        print(f"warning: train.omp_wait_policy: {status.note}", file=sys.stderr, flush=True)
+    policy = status.effective + ("" if status.verified else "?")
+    return {
+        "torch_threads": threads,
+        "torch_threads_rollout": threads,
+        "omp_wait_policy": policy,
+        "threads_tuned": False,
+    }
+
+
+def thread_tuners(tcfg: Any, device: torch.device, thread_info: dict[str, Any]) -> Any:
+    """(rollout, update) ThreadTuners choosing between the automatic count and 1 thread
+    (shoal.train.threads), or None: only with train.torch_threads = 0, on the CPU and not
+    train.deterministic. They keep `thread_info` (the metrics' torch_threads_rollout and
+    torch_threads, the update's) up to date."""
+    from shoal.train.threads import ThreadTuner
+
+    threads = thread_info["torch_threads"]
+    if tcfg.torch_threads != 0 or tcfg.deterministic or device.type != "cpu" or threads < 2:
+        return None
+    thread_info["threads_tuned"] = True
+    return (
+        ThreadTuner([threads, 1], torch.set_num_threads, thread_info, key="torch_threads_rollout"),
+        ThreadTuner([threads, 1], torch.set_num_threads, thread_info, key="torch_threads"),
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -171,6 +208,18 @@ def make_env(cfg: Config, seed: int | None = None) -> Any:
 
     seed = cfg.train.seed if seed is None else seed
     options: dict[str, Any] = dict(cfg.env.options)
+    if cfg.train.overlap:
+        if cfg.env.backend != "native" or cfg.env.name.startswith(("gym:", "pettingzoo:")):
+            raise ConfigError(
+                "train.overlap needs a native env with env.backend = 'native' "
+                f"(got env {cfg.env.name!r}, backend {cfg.env.backend!r})"
+            )
+        from shoal.train.overlap import EnvHalves
+
+        if cfg.env.num_envs < 2:
+            raise ConfigError(f"train.overlap needs env.num_envs >= 2 (two halves), got {cfg.env.num_envs}")
+        # Two native envs of half the envs each; the Collector steps one while it acts for the other.
+        return EnvHalves(cfg.env.name, cfg.env.num_envs, seed, cfg.env.num_threads, **options)
     if cfg.env.backend == "native":
         return shoal.make(
             cfg.env.name,
@@ -214,8 +263,16 @@ def validate(cfg: Config, num_agents: int) -> tuple[int, int]:
         raise ConfigError(f"policy.hidden_size must be positive, got {cfg.policy.hidden_size}")
     if cfg.policy.num_layers <= 0:
         raise ConfigError(f"policy.num_layers must be positive, got {cfg.policy.num_layers}")
-    if t.advantage != "gae":
-        raise ConfigError(f"train.advantage = {t.advantage!r} is not supported by this trainer (use 'gae')")
+    if t.advantage not in ("gae", "adaptive_horizon"):
+        raise ConfigError(f"train.advantage must be 'gae' or 'adaptive_horizon', got {t.advantage!r}")
+    if t.advantage == "adaptive_horizon":
+        if not 1 <= t.min_horizon <= t.max_horizon:
+            raise ConfigError(
+                "train.min_horizon and train.max_horizon must satisfy 1 <= min <= max, "
+                f"got {t.min_horizon}, {t.max_horizon}"
+            )
+        if t.horizon_margin < 0:
+            raise ConfigError(f"train.horizon_margin must be >= 0, got {t.horizon_margin}")
     if not (0.0 <= t.gamma <= 1.0 and 0.0 <= t.gae_lambda <= 1.0):
         raise ConfigError(
             f"train.gamma and train.gae_lambda must be in [0, 1], got {t.gamma}, {t.gae_lambda}"
@@ -248,7 +305,16 @@ def validate(cfg: Config, num_agents: int) -> tuple[int, int]:
             f"train.minibatch_size ({t.minibatch_size}) must be a multiple of "
             f"train.bptt_horizon ({t.bptt_horizon})"
         )
-    return t.batch_size // num_agents, math.ceil(t.total_steps / t.batch_size)
+    steps = t.batch_size // num_agents
+    if t.advantage == "adaptive_horizon" and t.max_horizon > steps:
+        print(
+            f"warning: train.max_horizon ({t.max_horizon}) is more than the rollout's {steps} steps per "
+            f"agent (train.batch_size / agents); lags past {steps} are never observed, so the horizon "
+            f"stops at {steps}. Raise train.batch_size or lower env.num_envs for a longer one.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return steps, math.ceil(t.total_steps / t.batch_size)
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -295,10 +361,13 @@ def train(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) 
     progress and calls `on_epoch` (its decision to stop applies to every rank).
     """
     dist, device_name = distributed.setup(cfg.train.device)
+    finished = False
     try:
-        return _train(cfg, on_epoch, dist, device_name)
+        result = _train(cfg, on_epoch, dist, device_name)
+        finished = True
+        return result
     finally:
-        dist.close()
+        dist.close(synchronize=finished)
 
 
 def _train(
@@ -311,7 +380,7 @@ def _train(
 
     tcfg = cfg.train
     main = dist.is_main
-    threads = configure_threads(tcfg.torch_threads)
+    thread_info = configure_threads(tcfg.torch_threads, tcfg.omp_wait_policy)
     device = resolve_device(device_name)
     # Each rank its own envs and action sampling; rank 0 seeds as a single process would.
     seed = dist.rank_seed(tcfg.seed)
@@ -343,7 +412,7 @@ def _train(
         # Each epoch every rank collects a batch.
         total_epochs = math.ceil(tcfg.total_steps / (tcfg.batch_size * dist.world_size))
         obs_space, act_space = env.single_observation_space, env.single_action_space
-        policy = make_policy(obs_space, act_space, cfg.policy).to(device)
+        policy = make_policy(obs_space, act_space, cfg.policy, head_lags(tcfg)).to(device)
         dist.broadcast_module(policy)
         optimizers = regroup(make_optimizer(policy, tcfg), policy)  # muP learning-rate multipliers
         autocast = None
@@ -374,6 +443,9 @@ def _train(
             autocast=autocast,
             step_fn=step_fn,
             reward_clip=tcfg.reward_clip,
+            bootstrap_truncation=tcfg.advantage != "adaptive_horizon",
+            overlap=tcfg.overlap,
+            thread_tuners=thread_tuners(tcfg, device, thread_info),
         )
         updates_per_epoch = tcfg.update_epochs * (tcfg.batch_size // tcfg.minibatch_size)
         learner = Learner(
@@ -405,6 +477,8 @@ def _train(
             agent_steps = int(resume_data["agent_steps"])
             wall_offset = float(resume_data["wall_time"])
             learner.update = int(resume_data["update"])
+            if learner.adaptive and "horizon" in resume_data:
+                learner.horizon = int(resume_data["horizon"])
             scores.load(resume_data["score_window"])
             time_to_target = resume_data.get("time_to_target")
             rank_rngs = resume_data.get("rng_ranks")
@@ -449,6 +523,7 @@ def _train(
                     "agent_steps": agent_steps,
                     "wall_time": wall_time,
                     "update": learner.update,
+                    "horizon": learner.horizon if learner.adaptive else None,
                     "score_window": scores.state(),
                     "time_to_target": time_to_target,
                     "rng": rng_state(),
@@ -515,7 +590,10 @@ def _train(
                         "time_other": max(
                             0.0, epoch_time - times.env - times.inference - times.copy - times.learn
                         ),
-                        "torch_threads": threads,
+                        **thread_info,
+                        "env_threads": getattr(env, "num_threads", None),
+                        "overlap": tcfg.overlap,
+                        "time_env_hidden": collector.env_hidden,
                     }
                     if dist.enabled:
                         metrics["world_size"] = dist.world_size
