@@ -29,7 +29,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shoal.config import load_config  # noqa: E402
+from shoal.fileio import write_atomic  # noqa: E402
 
 # Per env and size: config flags, learning rates and seeds. CartPole uses its own config (2-layer
 # tanh MLP, no LSTM) at a step budget where the best learning rates score well but mostly short
@@ -295,23 +295,6 @@ def plot(summary: dict[str, Any], path: Path, base_width: int | None = None) -> 
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-
-
-def write_atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file private; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _list(kind: type, text: str) -> list:

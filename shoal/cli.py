@@ -489,9 +489,9 @@ def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
     if not args.output:
         sys.stdout.write(text)
         return 0
-    from shoal.render import write_atomic
+    from shoal.fileio import write_text_atomic
 
-    out = write_atomic(args.output, text.encode())
+    out = write_text_atomic(args.output, text)
     print(f"wrote {out}")
     return 0
 

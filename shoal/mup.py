@@ -69,9 +69,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +77,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from shoal.fileio import write_atomic
 
 PARAMETRIZATIONS = ("standard", "mup")
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
@@ -519,24 +519,6 @@ def coord_check(
     return CoordCheck(list(widths), steps, cfg.policy.base_width, cfg.train.learning_rate, sizes)
 
 
-def _write_atomic(path: Path, write: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file private; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def plot_coord_check(result: CoordCheck, path: str | Path, title: str = "") -> Path:
     """One panel per layer (x: log2 width, y: mean |activation|), one line per step; one row
     per parametrization."""
@@ -565,7 +547,7 @@ def plot_coord_check(result: CoordCheck, path: str | Path, title: str = "") -> P
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title or f"coordinate check (lr {result.learning_rate:g}, base width {result.base_width})")
     fig.tight_layout()
-    out = _write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    out = write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return out
 
@@ -658,6 +640,6 @@ def mup_check_main(argv: list[str]) -> int:
     console.print(f"wrote {out}")
     if args.json:
         text = json.dumps(result.to_dict(), indent=1) + "\n"
-        jpath = _write_atomic(Path(args.json), lambda tmp: Path(tmp).write_text(text))
+        jpath = write_atomic(Path(args.json), lambda tmp: Path(tmp).write_text(text))
         console.print(f"wrote {jpath}")
     return 0

@@ -8,14 +8,14 @@ monospace font onto a palette image, so frames are small and quick to write.
 from __future__ import annotations
 
 import io
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+from shoal.fileio import write_bytes_atomic
 
 RGB = tuple[int, int, int]
 
@@ -43,26 +43,6 @@ MONOSPACE_FONTS = (
     "consola.ttf",
     "cour.ttf",
 )
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temp file beside `path`, then rename it over `path`: readers never see
-    half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def color_256(index: int) -> RGB:
@@ -211,7 +191,7 @@ class GifWriter:
         images[0].save(
             buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
         )
-        return write_atomic(path, buffer.getvalue())
+        return write_bytes_atomic(path, buffer.getvalue())
 
     def _images(self) -> list[Any]:
         from PIL import Image

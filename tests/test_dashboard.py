@@ -113,7 +113,7 @@ def test_horizon_row_only_when_reported() -> None:
         del metrics["horizon"]
         dashboard.update(metrics)
         assert "horizon" not in rendered(dashboard)
-        dashboard.update({**metrics, "adaptive_horizon": 48.0})
+        dashboard.update({**metrics, "horizon": 48.0})
         assert "48.0" in rendered(dashboard)
     finally:
         dashboard.close()

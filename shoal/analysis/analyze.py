@@ -10,8 +10,9 @@ from typing import Any
 import pandas as pd
 
 from shoal.analysis import stats
-from shoal.analysis.report import Report, write_text_atomic
+from shoal.analysis.report import Report
 from shoal.analysis.sweeps import Sweep
+from shoal.fileio import write_text_atomic
 
 
 @dataclass

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,8 @@ from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, NullLocator  # noqa: E402
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution  # noqa: E402
 
-from shoal.analysis.report import publish  # noqa: E402
 from shoal.analysis.stats import config_label, pareto_front, reproduction_summary  # noqa: E402
+from shoal.fileio import write_atomic  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110,
@@ -48,18 +46,10 @@ AXIS_LABELS = {
 
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Write a figure as PNG via a temp file and os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        publish(tmp, path)
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _figure(width: float = 7.5, height: float = 4.8, **kwargs: Any) -> tuple[Any, Any]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from shoal.fileio import write_text_atomic
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -25,32 +25,6 @@ img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; }
 .significant { color: #1a7f37; font-weight: bold; }
 .not-significant { color: #9a6700; font-weight: bold; }
 """
-
-
-def publish(tmp: str | Path, path: str | Path) -> None:
-    """Give a finished temp file the usual permissions and move it into place atomically.
-
-    mkstemp creates files readable by the owner only; a report is meant to be shared.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write text via a temp file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 class Report:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +10,7 @@ import numpy as np
 import torch
 
 from shoal.config import Config, from_dict
+from shoal.fileio import write_atomic
 from shoal.policy import Policy, make_policy, sample_actions
 from shoal.train.horizon import head_lags
 
@@ -22,16 +20,7 @@ MODEL = "model.pt"
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """Write `obj` to a temp file in the same folder, then rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 # ---- spaces as plain data (so checkpoints load with weights_only=True) ----

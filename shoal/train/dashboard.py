@@ -26,7 +26,6 @@ from rich.text import Text
 from shoal.config import Config
 
 # Keys the trainer may use for the adaptive advantage horizon (shown when present).
-HORIZON_KEYS = ("horizon", "adaptive_horizon", "mean_horizon", "horizon_mean")
 TIME_PHASES = (
     ("env", "time_env"),
     ("inference", "time_inference"),
@@ -157,11 +156,7 @@ class Dashboard:
         return max(self.total_steps() - steps, 0) / self.sps_smoothed
 
     def horizon(self) -> float | None:
-        for key in HORIZON_KEYS:
-            value = number(self.metrics, key)
-            if value is not None:
-                return value
-        return None
+        return number(self.metrics, "horizon")
 
     def device(self) -> str:
         device = self.metrics.get("device") or self.cfg.train.device

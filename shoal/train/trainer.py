@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from shoal.config import Config, ConfigError
+from shoal.fileio import write_text_atomic
 from shoal.mup import regroup
 from shoal.policy import make_policy
 from shoal.train import distributed
@@ -36,31 +37,6 @@ from shoal.train.horizon import head_lags
 from shoal.train.learner import Learner
 from shoal.train.optim import make_optimizer
 from shoal.train.rollout import Collector, RolloutBuffer
-
-METRIC_KEYS = (
-    "epoch",
-    "agent_steps",
-    "wall_time",
-    "sps",
-    "score",
-    "score_100",
-    "episode_return",
-    "episode_length",
-    "episodes",
-    "learning_rate",
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "approx_kl",
-    "clip_fraction",
-    "explained_variance",
-    "horizon",
-    "time_env",
-    "time_inference",
-    "time_copy",
-    "time_learn",
-    "time_other",
-)
 
 
 @dataclass
@@ -328,12 +304,6 @@ def new_run_dir(cfg: Config) -> Path:
         path = root / f"{name}_{n}"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _profile_line(m: dict[str, Any]) -> str:
