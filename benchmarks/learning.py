@@ -2,12 +2,17 @@
 
     python benchmarks/learning.py cartpole --seeds 3
     python benchmarks/learning.py cartpole --seeds 3 --reference none
-    python benchmarks/learning.py breakout --seeds 1 --minutes 20
-    python benchmarks/learning.py breakout --minutes 1 -- --env.num-envs 1024 --train.batch-size 65536
+    python benchmarks/learning.py breakout --seeds 3
+    python benchmarks/learning.py breakout --seeds 1 --minutes 1 -- --train.total-steps 5000000
 
 Each run trains with configs/<env>.toml (plus any config flags after `--`), then the script
 prints and saves (in --out) a JSON summary and PNG curves of score against agent steps and
-against wall time. For Breakout the PufferLib 3.0 reference curve is drawn beside ours.
+against wall time, every seed and (with several) their min-max band.
+
+CartPole stops at its target. Breakout runs its whole schedule, so that the whole curve can be
+set against PufferLib 3.0's (drawn beside ours): the script prints every seed's score_100 at each
+point of PufferLib's curve and whether the worst seed is at least PufferLib's score there, and
+reads the time to a mean score of 700 off the curve.
 
 For CartPole the reference is measured in the same run: Stable-Baselines3 PPO with the RL Zoo's
 tuned CartPole-v1 hyperparameters (SB3_CARTPOLE) on Gymnasium's CartPole-v1, 8 envs in a
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -197,6 +203,9 @@ def run_sb3(seed: int, minutes: float | None, threads: int, target: float | None
 
 
 def run_one(env: str, seed: int, minutes: float | None, flags: list[str], run_dir: str) -> dict:
+    """Train one seed. CartPole stops at its target; Breakout runs its whole schedule so that
+    the whole curve can be set against PufferLib's, and its time to the target is read from the
+    curve (the first epoch whose score_100 reaches it)."""
     overrides = [
         "--train.seed",
         str(seed),
@@ -209,8 +218,10 @@ def run_one(env: str, seed: int, minutes: float | None, flags: list[str], run_di
         *flags,
     ]
     cfg = load_config(env, overrides)
-    if cfg.train.target_score is None and env in TARGETS:
+    stop_at_target = env != "breakout"
+    if stop_at_target and cfg.train.target_score is None and env in TARGETS:
         cfg.train.target_score = TARGETS[env]
+    target = cfg.train.target_score if stop_at_target else TARGETS.get(env)
     limit = None if minutes is None else minutes * 60.0
 
     def on_epoch(metrics: dict) -> bool:
@@ -218,15 +229,12 @@ def run_one(env: str, seed: int, minutes: float | None, flags: list[str], run_di
 
     result = train(cfg, on_epoch=on_epoch)
     curve = [[m["agent_steps"], m["wall_time"], m.get("score_100", m["score"])] for m in result.history]
-    reached = result.time_to_target is not None
-    steps_to_target = next(
-        (m["agent_steps"] for m in result.history if m.get("time_to_target") is not None), None
-    )
+    first = next((point for point in curve if target is not None and point[2] >= target), None)
     return {
         "seed": seed,
-        "reached": reached,
-        "time_to_target": result.time_to_target,
-        "steps_to_target": steps_to_target,
+        "reached": first is not None,
+        "time_to_target": None if first is None else first[1],
+        "steps_to_target": None if first is None else first[0],
         "final_score_100": result.metrics.get("score_100"),
         "agent_steps": result.metrics["agent_steps"],
         "wall_time": result.metrics["wall_time"],
@@ -252,6 +260,19 @@ def plot(
             ys = [p[2] for p in run["curve"]]
             color = plt.cm.Oranges(0.5 + 0.4 * i / max(len(reference or []), 1))
             ax.plot(xs, ys, "--", color=color, label=f"SB3 PPO, RL Zoo settings, seed {run['seed']}")
+        if len(runs) > 1:
+            grid = np.linspace(0, min(r["curve"][-1][axis] for r in runs if r["curve"]), 200)
+            stack = np.array(
+                [np.interp(grid, [p[axis] for p in r["curve"]], [p[2] for p in r["curve"]]) for r in runs]
+            )
+            ax.fill_between(
+                grid,
+                stack.min(axis=0),
+                stack.max(axis=0),
+                color="tab:blue",
+                alpha=0.15,
+                label=f"Shoal, min-max over {len(runs)} seeds",
+            )
         if env == "breakout":
             ref_x = [s if axis == 0 else s / PUFFER_SPS for s, _ in PUFFER_BREAKOUT]
             ax.plot(
@@ -274,6 +295,31 @@ def plot(
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def versus_puffer(runs: list[dict]) -> list[dict]:
+    """Each seed's score_100 at every point of PufferLib's curve (linear between our epochs;
+    None past the end of a run), and whether the worst seed is at least PufferLib's score
+    (None where some run stopped before that point)."""
+    rows = []
+    for steps, puffer in PUFFER_BREAKOUT:
+        ours = []
+        for run in runs:
+            xs = [p[0] for p in run["curve"]]
+            ys = [p[2] for p in run["curve"]]
+            ours.append(float(np.interp(steps, xs, ys)) if xs and xs[0] <= steps <= xs[-1] else None)
+        known = [s for s in ours if s is not None]
+        worst = min(known) if len(known) == len(ours) else None
+        rows.append(
+            {
+                "agent_steps": steps,
+                "puffer": puffer,
+                "shoal": ours,
+                "shoal_min": worst,
+                "at_least_puffer": None if worst is None else worst >= puffer,
+            }
+        )
+    return rows
 
 
 def medians(runs: list[dict]) -> tuple[float | None, float | None]:
@@ -349,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": sorted({r["torch_threads"] for r in runs}),
         "runs": runs,
     }
+    if args.env == "breakout":
+        summary["versus_puffer"] = versus_puffer(runs)
     if reference:
         ref_time, ref_steps = medians(reference)
         ratio = ref_time / median_time if median_time and ref_time is not None else None
@@ -382,6 +430,17 @@ def main(argv: list[str] | None = None) -> int:
             f"SB3/Shoal ratio of median times: {fmt(ref_summary['time_ratio_sb3_over_shoal'], '.2f')} "
             f"(torch threads {summary['torch_threads']} for both)"
         )
+    if args.env == "breakout":
+        print("\nscore_100 at the points of PufferLib 3.0's curve (agent steps):")
+        print(
+            f"{'steps':>6}  {'puffer':>6}  "
+            + "  ".join(f"{'seed ' + str(r['seed']):>7}" for r in runs)
+            + "  min>=puffer"
+        )
+        for row in summary["versus_puffer"]:
+            cells = "  ".join(f"{fmt(v, '7.1f'):>7}" for v in row["shoal"])
+            verdict = "-" if row["at_least_puffer"] is None else row["at_least_puffer"]
+            print(f"{row['agent_steps'] / 1e6:>5.1f}M  {row['puffer']:>6}  {cells}  {verdict}")
     print(
         f"median time to {target}: {fmt(median_time, '.2f')} s; wrote "
         + ", ".join(str(p) for p in [out / f"{args.env}_learning.json", *paths])

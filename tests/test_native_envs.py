@@ -521,3 +521,23 @@ def test_breakout_two_walls_then_max_score_ends_the_game() -> None:
         "episode_length": log["episode_length"],
         "episodes": 1,
     }
+
+
+def test_breakout_ball_width_widens_the_paddle_catch() -> None:
+    # A paddle that never moves returns only the balls that land on it; counting the ball's
+    # width, a 32-pixel ball lands "on" a 4-pixel paddle over a window 9 times as wide as a point.
+    catches = {}
+    for width in (0, 32):
+        env = shoal.make("breakout", num_envs=64, seed=3, paddle_width=4, ball_width=width, frameskip=1)
+        obs, _ = env.reset()
+        noop = np.zeros(64, dtype=np.int32)
+        count = 0
+        for _ in range(3000):
+            falling = obs[:, 5] > 0
+            obs, *_ = env.step(noop)
+            # The ball turned upward low in the playfield (bricks are above y = 0.42): a catch.
+            count += int(np.sum(falling & (obs[:, 5] < 0) & (obs[:, 3] > 0.8)))
+        catches[width] = count
+        env.close()
+    assert catches[0] > 0
+    assert catches[32] > 4 * catches[0]
