@@ -3,9 +3,10 @@
  *
  * Playfield (pixels): BREAKOUT_W = 144 wide (18 columns of 8-pixel bricks, as on the Atari),
  * the back wall at y = 0, 6 rows of 6-pixel bricks from y = 48 to 84, the paddle's top at
- * y = 186, and the ball is lost when it passes y = 200. The ball is a point; one frame moves it
- * at most 2 * ball_speed (< 6) pixels vertically and 8 horizontally, so it can never jump over
- * a brick row, and a brick collision is one grid lookup (cell from position; no scan).
+ * y = 186, and the ball is lost when it passes y = 200. The ball is a point (but see
+ * ball_width below); one frame moves it at most 2 * ball_speed (< 6) pixels vertically and 8
+ * horizontally, so it can never jump over a brick row, and a brick collision is one grid
+ * lookup (cell from position; no scan).
  *
  * Rules: rows are worth 7, 7, 4, 4, 1, 1 points from the top; 5 balls; when the first wall is
  * cleared a second one appears, and clearing it ends the game (max score 864). The ball
@@ -17,13 +18,13 @@
  *
  * The ball is a point for the walls and bricks, but `ball_width` wide (8 pixels) where it meets
  * the paddle: it is caught when it overlaps the paddle. Why 8: at frameskip 4 one agent step
- * moves the paddle 16 pixels, so where the paddle can be when the ball arrives is a grid of
- * 16-pixel steps (a third of the frames offset by the last step's partial move), and with a
- * narrower catch window the half-width paddle misses some balls whatever the policy does: with
- * a 2-pixel ball a scripted planner that knows where the ball lands averages about 690 of 864
- * (benchmarks/breakout_ceiling.py). With 8 the shrunk paddle's window (8 + 8) equals one
- * step's move, and the catch geometry matches PufferLib's Breakout (paddle 11% and ball 5.6% of
- * the playfield's width).
+ * moves the paddle 16 pixels, so when the ball arrives on the last frame of a step the paddle
+ * can only be at positions 16 pixels apart, and with a narrower catch window the half-width
+ * paddle misses some of those balls whatever the policy does. With a 2-pixel ball (the earlier
+ * rule) a scripted planner that knows where the ball lands averages 689 of 864; with 8, the
+ * half paddle's window (8 + 8) equals one step's move and it scores 864
+ * (benchmarks/breakout_ceiling.py). The catch geometry then matches PufferLib's Breakout
+ * (paddle 11% and ball 5.6% of the playfield's width).
  *
  * Actions: 0 NOOP, 1 LEFT, 2 RIGHT (serving is automatic). One agent step = `frameskip`
  * frames with the same action; reward = points gained. Terminal when the balls run out or the
