@@ -9,6 +9,7 @@
     python benchmarks/train_throughput.py --rollout-ab --settings default lstm128 --busy 1   # overlap A/B
     python benchmarks/train_throughput.py --batch-sizes 262144 524288      # custom: precision x batch
     python benchmarks/train_throughput.py --num-envs 256 --batch-sizes 16384 --epochs 3   # quick check
+    python benchmarks/train_throughput.py --settings lstm128 -- --train.compile true      # compiled
 
 Settings:
   default   configs/breakout.toml as it is (MLP, float32, 1024 envs, batch 65536, 4 update epochs)

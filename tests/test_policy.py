@@ -22,7 +22,9 @@ def test_manual_lstm_equals_torch_lstm():
     x = torch.randn(4, 9, 16)
     starts = torch.zeros(4, 9)
     ours = policy._lstm_sequence(x, starts, None)
-    reference, _ = policy.lstm(x.transpose(0, 1))
+    torch_lstm = torch.nn.LSTM(16, 16)
+    torch_lstm.load_state_dict(policy.lstm.state_dict())
+    reference, _ = torch_lstm(x.transpose(0, 1))
     torch.testing.assert_close(ours, reference.transpose(0, 1), rtol=1e-5, atol=1e-5)
 
 
@@ -177,3 +179,31 @@ def test_obs_norm_off_leaves_observations_alone():
     policy = Policy(BOX, gymnasium.spaces.Discrete(3), 16, lstm=False)
     policy.update_obs_stats(torch.randn(10, BOX.shape[0]))
     assert not any(name.startswith("encoder.obs_") for name in policy.state_dict())
+
+
+def test_compiled_policy_equals_eager():
+    # train.compile compiles these two methods; the results must be eager's within float
+    # tolerance, gradients included (the LSTM's weights must not break the graph either).
+    policy = make(hidden=8, layers=1)
+    obs = torch.randn(3, 4, 5)
+    starts = torch.zeros(3, 4)
+    starts[1, 2] = 1.0
+    state = (torch.randn(3, 8), torch.randn(3, 8))
+    compiled_forward = torch.compile(policy.forward_sequence, fullgraph=True)
+    compiled_step = torch.compile(policy.step, fullgraph=True)
+    results = []
+    for forward, step in ((policy.forward_sequence, policy.step), (compiled_forward, compiled_step)):
+        policy.zero_grad()
+        logits, values = forward(obs, starts, state)
+        (logits.square().mean() + values.mean()).backward()
+        grads = [p.grad.clone() for p in policy.parameters()]
+        with torch.no_grad():
+            step_out = step(obs[:, 0], state)
+        results.append((logits, values, grads, step_out))
+    (e_logits, e_values, e_grads, e_step), (c_logits, c_values, c_grads, c_step) = results
+    torch.testing.assert_close(c_logits, e_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c_values, e_values, rtol=1e-5, atol=1e-6)
+    for compiled_grad, eager_grad in zip(c_grads, e_grads, strict=True):
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
+    for compiled_out, eager_out in zip(c_step[:2], e_step[:2], strict=True):
+        torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-6)

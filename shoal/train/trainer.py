@@ -119,13 +119,15 @@ def configure_threads(torch_threads: int, omp_wait_policy: str = "auto") -> dict
 
 def thread_tuners(tcfg: Any, device: torch.device, thread_info: dict[str, Any]) -> Any:
     """(rollout, update) ThreadTuners choosing between the automatic count and 1 thread
-    (shoal.train.threads), or None: only with train.torch_threads = 0, on the CPU and not
-    train.deterministic. They keep `thread_info` (the metrics' torch_threads_rollout and
-    torch_threads, the update's) up to date."""
+    (shoal.train.threads), or None: only with train.torch_threads = 0, on the CPU, not
+    train.deterministic and not train.compile (compiled code is specialized to the thread
+    count, so every switch would recompile). They keep `thread_info` (the metrics'
+    torch_threads_rollout and torch_threads, the update's) up to date."""
     from shoal.train.threads import ThreadTuner
 
     threads = thread_info["torch_threads"]
-    if tcfg.torch_threads != 0 or tcfg.deterministic or device.type != "cpu" or threads < 2:
+    fixed = tcfg.torch_threads != 0 or tcfg.deterministic or tcfg.compile
+    if fixed or device.type != "cpu" or threads < 2:
         return None
     thread_info["threads_tuned"] = True
     return (
