@@ -10,11 +10,13 @@
     python benchmarks/train_throughput.py --batch-sizes 262144 524288      # custom: precision x batch
     python benchmarks/train_throughput.py --num-envs 256 --batch-sizes 16384 --epochs 3   # quick check
     python benchmarks/train_throughput.py --settings lstm128 -- --train.compile true      # compiled
+    python benchmarks/train_throughput.py --settings lstm128 --num-envs 1024 4096 8192 \
+        --precisions bfloat16 --minibatch-size 65536 -- --train.device cuda            # on a GPU
 
 Settings:
   default   configs/breakout.toml as it is (MLP, float32, 1024 envs, batch 65536, 4 update epochs)
   lstm128   the 128-wide LSTM policy: policy.lstm, hidden 128, 4096 envs, batch 262144,
-            minibatch 32768, 1 update epoch, for each of --precisions
+            minibatch 32768, 1 update epoch, for each of --precisions (and of --num-envs)
   custom    breakout with each (--precisions x --batch-sizes), minibatch --minibatch-size or
             batch / 8, envs --num-envs (the old form of this script; picked by --batch-sizes)
 Flags after `--` go to every run's config (e.g. `-- --train.torch-threads 1`).
@@ -88,43 +90,62 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
         if setting == "default":
             out.append({"setting": "default", "precision": None, "batch_size": None, "overrides": []})
         elif setting == "lstm128":
-            for precision in args.precisions:
-                out.append(
-                    {
-                        "setting": "lstm128",
-                        "precision": precision,
-                        "batch_size": 262_144,
-                        "overrides": [
-                            "--policy.lstm", "true",
-                            "--policy.hidden-size", "128",
-                            "--env.num-envs", "4096",
-                            "--train.batch-size", "262144",
-                            "--train.minibatch-size", "32768",
-                            "--train.max-minibatch-size", "32768",
-                            "--train.update-epochs", "1",
-                            "--train.precision", precision,
-                        ],
-                    }
-                )
+            for num_envs in args.num_envs or [4096]:
+                # At least 64 steps per agent (one BPTT segment) and 262,144 steps per epoch.
+                batch_size = max(262_144, num_envs * 64)
+                minibatch = str(args.minibatch_size or 32_768)
+                for precision in args.precisions:
+                    out.append(
+                        {
+                            "setting": "lstm128",
+                            "precision": precision,
+                            "batch_size": batch_size,
+                            "overrides": [
+                                "--policy.lstm", "true",
+                                "--policy.hidden-size", "128",
+                                "--env.num-envs", str(num_envs),
+                                "--train.batch-size", str(batch_size),
+                                "--train.minibatch-size", minibatch,
+                                "--train.max-minibatch-size", minibatch,
+                                "--train.update-epochs", "1",
+                                "--train.precision", precision,
+                            ],
+                        }
+                    )  # fmt: skip
         else:
-            for precision in args.precisions:
-                for batch_size in args.batch_sizes or [262_144, 524_288]:
-                    minibatch = min(args.minibatch_size or batch_size // 8, batch_size)
-                    overrides = [
-                        "--train.precision", precision,
-                        "--train.batch-size", str(batch_size),
-                        "--train.minibatch-size", str(minibatch),
-                        "--train.max-minibatch-size", str(minibatch),
-                    ]
-                    if args.num_envs:
-                        overrides += ["--env.num-envs", str(args.num_envs)]
-                    spec = {"setting": "custom", "precision": precision, "batch_size": batch_size}
-                    out.append({**spec, "overrides": overrides})
+            for num_envs in args.num_envs or [0]:
+                for precision in args.precisions:
+                    for batch_size in args.batch_sizes or [262_144, 524_288]:
+                        minibatch = min(args.minibatch_size or batch_size // 8, batch_size)
+                        overrides = [
+                            "--train.precision", precision,
+                            "--train.batch-size", str(batch_size),
+                            "--train.minibatch-size", str(minibatch),
+                            "--train.max-minibatch-size", str(minibatch),
+                        ]  # fmt: skip
+                        if num_envs:
+                            overrides += ["--env.num-envs", str(num_envs)]
+                        spec = {"setting": "custom", "precision": precision, "batch_size": batch_size}
+                        out.append({**spec, "overrides": overrides})
     result = []
-    for s in out:
-        for overlap in args.overlap:
-            for threads in args.torch_threads:
-                result.append({**s, "overlap": overlap == "on", "torch_threads": threads})
+    for env in args.envs or [args.env]:
+        for hidden in args.hidden_sizes or [None]:
+            for compiled in args.compile:
+                extra = ["--train.compile", "true" if compiled == "on" else "false"]
+                if hidden is not None:
+                    extra += ["--policy.hidden-size", str(hidden)]
+                for s in out:
+                    for overlap in args.overlap:
+                        for threads in args.torch_threads:
+                            result.append(
+                                {
+                                    **s,
+                                    "env": env,
+                                    "overrides": s["overrides"] + extra,
+                                    "overlap": overlap == "on",
+                                    "torch_threads": threads,
+                                }
+                            )
     return result
 
 
@@ -151,7 +172,7 @@ def run_setting(
         "--train.torch-threads", threads_flag,
         *spec["overrides"],
     ]
-    cfg = load_config(args.env, overrides + flags)
+    cfg = load_config(spec["env"], overrides + flags)
     cfg.train.total_steps = cfg.train.batch_size * args.epochs
     # The condition of every epoch after the first (warm-up) one cycles through these:
     # (torch threads or None = as configured, busy or not).
@@ -188,6 +209,7 @@ def run_setting(
         epochs.append(dict(m, condition=condition, torch_threads=n or m["torch_threads"]))
     last = result.metrics
     row: dict[str, Any] = {
+        "env": spec["env"],
         "setting": spec["setting"],
         "precision": cfg.train.precision,
         "batch_size": cfg.train.batch_size,
@@ -201,8 +223,10 @@ def run_setting(
         "env_threads": last.get("env_threads"),
         "omp_wait_policy": last.get("omp_wait_policy"),
         "threads_tuned": bool(last.get("threads_tuned")),
-        "device": cfg.train.device,
+        "device": str(last.get("device", cfg.train.device)),
         "compile": cfg.train.compile,
+        "compile_mode": cfg.train.compile_mode,
+        "cuda_graph": cfg.train.cuda_graph,
         "epochs": epochs,
     }
     torch.set_num_threads(int(last.get("torch_threads") or 1))
@@ -238,7 +262,7 @@ def rollout_ab(
     from shoal.train.trainer import configure_threads, make_env
 
     threads = ["--train.torch-threads", str(spec["torch_threads"])]
-    cfg = load_config(args.env, [*spec["overrides"], *threads, *flags])
+    cfg = load_config(spec["env"], [*spec["overrides"], *threads, *flags])
     info = configure_threads(cfg.train.torch_threads, args.omp_wait_policy)
     device = torch.device("cpu")
     envs = {}
@@ -345,12 +369,14 @@ def tuned(row: dict[str, Any]) -> str:
 def describe(row: dict[str, Any]) -> str:
     model = f"lstm{row['hidden_size']}" if row["lstm"] else f"mlp{row['hidden_size']}"
     return (
-        f"{row['setting']} ({model}, {row['precision']}, batch {row['batch_size']}, minibatch "
+        f"{row['env']} {row['setting']} ({model}, {row['precision']}, batch {row['batch_size']}, minibatch "
         f"{row['minibatch_size']}, {row['update_epochs']} update epoch(s), {row['num_envs']} envs, "
         f"overlap {'on' if row['overlap'] else 'off'}) | torch threads {row['torch_threads']}"
         f"{' (tuned; rollout/update per epoch: ' + tuned(row) + ')' if row.get('threads_tuned') else ''}, "
         f"env threads {row['env_threads']}{' x 2 halves' if row['overlap'] else ''}, "
-        f"OMP wait {row['omp_wait_policy']}"
+        f"OMP wait {row['omp_wait_policy']} | device {row['device']}"
+        f"{' cuda graph' if row['device'].startswith('cuda') and row['cuda_graph'] else ''}"
+        f"{', compiled (' + row['compile_mode'] + ')' if row['compile'] else ''}"
     )
 
 
@@ -369,12 +395,20 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--env", default="breakout")
+    parser.add_argument("--envs", nargs="+", default=None, help="several envs, each measured in turn")
+    parser.add_argument("--hidden-sizes", nargs="+", type=int, default=None,
+                        help="policy widths to measure (default: each setting's)")
+    parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"],
+                        help="train.compile values to measure")
     parser.add_argument("--settings", nargs="+", choices=["default", "lstm128", "custom"], default=None,
                         help="default: default lstm128 (custom when --batch-sizes is given)")
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="custom setting")
-    parser.add_argument("--minibatch-size", type=int, default=0, help="custom: default batch size / 8")
-    parser.add_argument("--num-envs", type=int, default=0, help="custom: default the env config's")
+    parser.add_argument("--minibatch-size", type=int, default=0,
+                        help="custom: default batch size / 8; lstm128: default 32768")
+    parser.add_argument("--num-envs", type=int, nargs="+", default=None,
+                        help="envs per run, each measured in turn (custom: default the env config's; "
+                        "lstm128: default 4096, batch max(262144, 64 x envs))")
     parser.add_argument("--epochs", type=int, default=0,
                         help="epochs per run, the first dropped (default: 2 of each condition + 1)")
     parser.add_argument("--busy", type=int, default=0, metavar="N",
@@ -448,7 +482,11 @@ def main(argv: list[str] | None = None) -> int:
                 by = first["by_threads"]
                 groups = [(f"torch threads {n}", [r["by_threads"][n] for r in mine]) for n in by]
             for label, figs in groups:
-                line = f"  {describe(first).split(' | ')[0]} {label}, OMP wait {first['omp_wait_policy']}:"
+                compiled = f", compiled ({first['compile_mode']})" if first["compile"] else ""
+                line = (
+                    f"  {describe(first).split(' | ')[0]}{compiled} {label}, "
+                    f"OMP wait {first['omp_wait_policy']}:"
+                )
                 for condition in ("undisturbed", "busy"):
                     if all(condition in f for f in figs):
                         sps = statistics.mean(f[condition]["sps"] for f in figs)
@@ -460,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "env": args.env,
+        "envs": args.envs or [args.env],
         "flags": flags,
         "busy_processes": args.busy,
         "omp_wait_policy": args.omp_wait_policy,

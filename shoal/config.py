@@ -64,6 +64,14 @@ class TrainConfig:
     device: str = "auto"
     precision: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False
+    # torch.compile's mode for train.compile: "default", "reduce-overhead" (CUDA graphs for
+    # the training forward and backward too; CUDA only), "max-autotune", "max-autotune-no-cudagraphs".
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "default"
+    # On CUDA, replay the rollout's inference step from a captured CUDA graph (no effect on the
+    # CPU). Off by default until its GPU tests (tests/test_cuda.py) have run on a GPU.
+    cuda_graph: bool = False
     # Torch intra-op threads (0 = choose for the machine, and keep choosing by epoch times on
     # the CPU; see shoal/train/threads.py).
     torch_threads: int = 0

@@ -365,6 +365,18 @@ def _lstm_update(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, to
 # ---- action distributions (hand-written: torch.distributions' checks cost more than the math) ----
 
 
+def sample_categorical(log_p: torch.Tensor) -> torch.Tensor:
+    """One index per row of log-probabilities ``[B, K]`` -> ``[B, 1]``.
+
+    argmax(p / E) with E ~ Exp(1) draws index k with probability p_k. This is what
+    ``torch.multinomial(p, 1)`` computes, without its check of the probabilities, which reads
+    them back to the host: that would stall the GPU every step and cannot be captured in a CUDA
+    graph (train.cuda_graph).
+    """
+    probs = log_p.exp()
+    return (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1, keepdim=True)
+
+
 def sample_actions(
     policy: Policy, logits: torch.Tensor, deterministic: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -377,12 +389,12 @@ def sample_actions(
         return actions, gaussian_log_prob(policy, mean, actions)
     if len(spec.nvec) == 1:
         log_p = torch.log_softmax(logits, dim=-1)
-        actions = log_p.argmax(dim=-1, keepdim=True) if deterministic else torch.multinomial(log_p.exp(), 1)
+        actions = log_p.argmax(dim=-1, keepdim=True) if deterministic else sample_categorical(log_p)
         return actions, log_p.gather(-1, actions).squeeze(-1)
     actions_list, log_prob = [], 0.0
     for part in logits.split(spec.nvec, dim=-1):
         log_p = torch.log_softmax(part, dim=-1)
-        a = log_p.argmax(dim=-1, keepdim=True) if deterministic else torch.multinomial(log_p.exp(), 1)
+        a = log_p.argmax(dim=-1, keepdim=True) if deterministic else sample_categorical(log_p)
         actions_list.append(a)
         log_prob = log_prob + log_p.gather(-1, a).squeeze(-1)
     return torch.cat(actions_list, dim=-1), log_prob

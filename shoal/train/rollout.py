@@ -119,6 +119,9 @@ class Collector:
     # of each collect and times it, the second those of what runs from the end of one collect
     # to the start of the next (the learner's update).
     thread_tuners: tuple | None = None
+    # On CUDA: replay the inference step (forward and sampling) from a captured CUDA graph
+    # (shoal/train/cuda_graph.py); ignored on the CPU.
+    cuda_graph: bool = False
     times: PhaseTimes = field(default_factory=PhaseTimes)
 
     def __post_init__(self) -> None:
@@ -135,13 +138,30 @@ class Collector:
         else:
             self.actions_np = np.zeros((n, self.policy.spec.dims), dtype=np.int32)
         self.done_np = np.zeros(n, dtype=np.bool_)
-        self.done_cpu = torch.from_numpy(self.done_np)
         self.on_cuda = self.device.type == "cuda"
-        self.done_dev = torch.zeros(n, dtype=torch.bool, device=self.device)
         obs_dtype = torch_dtype(env.single_observation_space.dtype)
         self.obs_dev = torch.zeros(n, self.buffer.obs.shape[-1], dtype=obs_dtype, device=self.device)
+        if self.on_cuda:
+            # Page-locked staging, so that each step moves its data in one asynchronous copy per
+            # direction: observations up; rewards, dones and truncations up together; actions
+            # down. Every step waits for its actions, so a staging buffer is never rewritten
+            # while a copy from it is still in flight.
+            self.obs_pinned = torch.zeros(self.obs_dev.shape, dtype=obs_dtype).pin_memory()
+            self.step_pinned = torch.zeros(n, 3).pin_memory()
+            self.step_dev = torch.zeros(n, 3, device=self.device)
+            actions_dtype = self.buffer.actions.dtype
+            self.actions_pinned = torch.zeros(self.actions_np.shape, dtype=actions_dtype).pin_memory()
         if self.step_fn is None:
             self.step_fn = self.policy.step
+        self.act_fn = self._act_eager
+        # Per env half in overlap mode: each half's graph keeps its own outputs, which must
+        # live until that half's step is stored, after the other half has acted.
+        self.half_act_fns = (self._act_eager, self._act_eager)
+        if self.cuda_graph and self.on_cuda:
+            from shoal.train.cuda_graph import GraphedAct
+
+            self.act_fn = GraphedAct(self._act_for_graph)
+            self.half_act_fns = (GraphedAct(self._act_for_graph), GraphedAct(self._act_for_graph))
         if self.overlap and len(getattr(env, "halves", ())) != 2:
             raise ValueError(
                 "Collector(overlap=True) needs an env split in two halves (shoal.train.overlap.EnvHalves), "
@@ -157,13 +177,55 @@ class Collector:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return self.autocast() if self.autocast is not None else contextlib.nullcontext()
 
+    def _act_eager(self, obs: torch.Tensor, state: tuple) -> tuple:
+        """(actions, log_prob, value, new_state) for a batch of observations."""
+        with self._autocast():
+            logits, value, new_state = self.step_fn(obs, state)
+            actions, log_prob = sample_actions(self.policy, logits)
+        return actions, log_prob, value, new_state
+
+    def _act_for_graph(self, obs: torch.Tensor, state: tuple) -> tuple:
+        # A cached autocast copy of the weights would be frozen into the graph.
+        cast = self.autocast(cache_enabled=False) if self.autocast is not None else contextlib.nullcontext()
+        with cast:
+            logits, value, new_state = self.step_fn(obs, state)
+            actions, log_prob = sample_actions(self.policy, logits)
+        return actions, log_prob, value, new_state
+
     def _load_obs(self, obs_np: np.ndarray, rows: slice | None = None) -> torch.Tensor:
         obs = torch.from_numpy(obs_np)
         if self.on_cuda:
+            staging = self.obs_pinned if rows is None else self.obs_pinned[rows]
             target = self.obs_dev if rows is None else self.obs_dev[rows]
-            target.copy_(obs, non_blocking=True)
+            staging.copy_(obs)
+            target.copy_(staging, non_blocking=True)
             return target
         return obs
+
+    def _actions_to_env(self, actions: torch.Tensor, rows: slice | None = None) -> None:
+        """Write sampled actions into the env's action array (all rows or `rows`)."""
+        out = self.actions_np if rows is None else self.actions_np[rows]
+        if self.on_cuda:
+            staging = self.actions_pinned if rows is None else self.actions_pinned[rows]
+            staging.copy_(actions.reshape(staging.shape), non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            actions = staging
+        np.copyto(out, actions.numpy().reshape(out.shape), casting="unsafe")
+
+    def _load_step(
+        self, rewards: np.ndarray, done: np.ndarray, truncations: np.ndarray, rows: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rewards, dones, truncations) of one step as float tensors on the device."""
+        if not self.on_cuda:
+            return torch.from_numpy(rewards), torch.from_numpy(done), torch.from_numpy(truncations)
+        staging = self.step_pinned if rows is None else self.step_pinned[rows]
+        target = self.step_dev if rows is None else self.step_dev[rows]
+        view = staging.numpy()
+        view[:, 0] = rewards
+        view[:, 1] = done
+        view[:, 2] = truncations
+        target.copy_(staging, non_blocking=True)
+        return target[:, 0], target[:, 1], target[:, 2]
 
     @torch.inference_mode()
     def collect(self, obs_np: np.ndarray) -> np.ndarray:
@@ -195,9 +257,7 @@ class Collector:
                 buf.state_h[:, k].copy_(self.state[0])
                 buf.state_c[:, k].copy_(self.state[1])
             t1 = clock()
-            with self._autocast():
-                logits, value, new_state = self.step_fn(obs, self.state)
-                actions, log_prob = sample_actions(policy, logits)
+            actions, log_prob, value, new_state = self.act_fn(obs, self.state)
             t2 = clock()
             buf.obs[:, t].copy_(obs)
             buf.actions[:, t].copy_(actions)
@@ -206,31 +266,24 @@ class Collector:
             if self.continuous:
                 # The buffer keeps the sampled action; the env gets it inside its bounds.
                 actions = torch.max(torch.min(actions, self.high), self.low)
-            if self.on_cuda:
-                actions = actions.cpu()
-            np.copyto(self.actions_np, actions.numpy().reshape(self.actions_np.shape), casting="unsafe")
+            self._actions_to_env(actions)
             t3 = clock()
             obs_np, rewards, terminals, truncations, _ = env.step(self.actions_np)
             t4 = clock()
             np.logical_or(terminals, truncations, out=self.done_np)
-            buf.rewards[:, t].copy_(torch.from_numpy(rewards))
+            rewards_t, done_t, truncated_t = self._load_step(rewards, self.done_np, truncations)
+            buf.rewards[:, t].copy_(rewards_t)
             if self.reward_clip > 0:
                 # Before the truncation bootstrap: gamma * V(final obs) is a value, not a reward.
                 buf.rewards[:, t].clamp_(-self.reward_clip, self.reward_clip)
-            buf.dones[:, t].copy_(self.done_cpu)
-            if truncations.any():
-                buf.truncated[:, t].copy_(torch.from_numpy(truncations))
-                if self.bootstrap_truncation:
-                    self._bootstrap_truncated(t, truncations, new_state)
-            else:
-                buf.truncated[:, t].zero_()
+            buf.dones[:, t].copy_(done_t)
+            buf.truncated[:, t].copy_(truncated_t)
+            if self.bootstrap_truncation and truncations.any():
+                self._bootstrap_truncated(t, truncations, new_state)
             if has_state:
-                done = self.done_cpu
-                if self.on_cuda:
-                    self.done_dev.copy_(self.done_cpu, non_blocking=True)
-                    done = self.done_dev
-                new_state[0].masked_fill_(done.unsqueeze(1), 0.0)
-                new_state[1].masked_fill_(done.unsqueeze(1), 0.0)
+                done = done_t.unsqueeze(1) > 0
+                new_state[0].masked_fill_(done, 0.0)
+                new_state[1].masked_fill_(done, 0.0)
                 self.state = new_state
             t5 = clock()
             times.copy += (t1 - t0) + (t3 - t2) + (t5 - t4)
@@ -326,9 +379,7 @@ class Collector:
             buf.state_h[rows, k].copy_(state[0])
             buf.state_c[rows, k].copy_(state[1])
         t1 = clock()
-        with self._autocast():
-            logits, value, new_state = self.step_fn(obs, state)
-            actions, log_prob = sample_actions(policy, logits)
+        actions, log_prob, value, new_state = self.half_act_fns[h](obs, state)
         t2 = clock()
         buf.obs[rows, t].copy_(obs)
         buf.actions[rows, t].copy_(actions)
@@ -336,10 +387,7 @@ class Collector:
         buf.values[rows, t].copy_(value)
         if self.continuous:
             actions = torch.max(torch.min(actions, self.high), self.low)
-        if self.on_cuda:
-            actions = actions.cpu()
-        out = self.actions_np[rows]
-        np.copyto(out, actions.numpy().reshape(out.shape), casting="unsafe")
+        self._actions_to_env(actions, rows)
         t3 = clock()
         times.copy += (t1 - t0) + (t3 - t2)
         times.inference += t2 - t1
@@ -353,24 +401,18 @@ class Collector:
         rewards, terminals, truncations = half.rewards, half.terminals, half.truncations
         done_np = self.done_np[rows]
         np.logical_or(terminals, truncations, out=done_np)
-        done_cpu = self.done_cpu[rows]
-        buf.rewards[rows, t].copy_(torch.from_numpy(rewards))
+        rewards_t, done_t, truncated_t = self._load_step(rewards, done_np, truncations, rows)
+        buf.rewards[rows, t].copy_(rewards_t)
         if self.reward_clip > 0:
             buf.rewards[rows, t].clamp_(-self.reward_clip, self.reward_clip)
-        buf.dones[rows, t].copy_(done_cpu)
-        if truncations.any():
-            buf.truncated[rows, t].copy_(torch.from_numpy(truncations))
-            if self.bootstrap_truncation:
-                self._bootstrap_truncated(t, truncations, new_state, half, rows.start)
-        else:
-            buf.truncated[rows, t].zero_()
+        buf.dones[rows, t].copy_(done_t)
+        buf.truncated[rows, t].copy_(truncated_t)
+        if self.bootstrap_truncation and truncations.any():
+            self._bootstrap_truncated(t, truncations, new_state, half, rows.start)
         if self.policy.use_lstm:
-            done = done_cpu
-            if self.on_cuda:
-                done = self.done_dev[rows]
-                done.copy_(done_cpu, non_blocking=True)
-            new_state[0].masked_fill_(done.unsqueeze(1), 0.0)
-            new_state[1].masked_fill_(done.unsqueeze(1), 0.0)
+            done = done_t.unsqueeze(1) > 0
+            new_state[0].masked_fill_(done, 0.0)
+            new_state[1].masked_fill_(done, 0.0)
             self.state[0][rows].copy_(new_state[0])
             self.state[1][rows].copy_(new_state[1])
         times.copy += time.perf_counter() - t0

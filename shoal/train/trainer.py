@@ -392,8 +392,12 @@ def _train(
             autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
         step_fn, forward_fn = policy.step, policy.forward_sequence
         if tcfg.compile:
-            step_fn = torch.compile(policy.step)
-            forward_fn = torch.compile(policy.forward_sequence)
+            # reduce-overhead's CUDA graphs are for the training pass: the rollout keeps its
+            # recurrent state across calls and resets it in place, and has its own graph
+            # (train.cuda_graph).
+            step_mode = "default" if tcfg.compile_mode == "reduce-overhead" else tcfg.compile_mode
+            step_fn = torch.compile(policy.step, mode=step_mode)
+            forward_fn = torch.compile(policy.forward_sequence, mode=tcfg.compile_mode)
 
         buffer = RolloutBuffer(
             num_agents,
@@ -418,6 +422,7 @@ def _train(
             bootstrap_truncation=tcfg.advantage != "adaptive_horizon",
             overlap=tcfg.overlap,
             thread_tuners=thread_tuners(tcfg, device, thread_info),
+            cuda_graph=tcfg.cuda_graph,
         )
         updates_per_epoch = tcfg.update_epochs * (tcfg.batch_size // tcfg.minibatch_size)
         learner = Learner(
@@ -563,6 +568,7 @@ def _train(
                             0.0, epoch_time - times.env - times.inference - times.copy - times.learn
                         ),
                         **thread_info,
+                        "device": str(device),
                         "env_threads": getattr(env, "num_threads", None),
                         "overlap": tcfg.overlap,
                         "time_env_hidden": collector.env_hidden,
