@@ -69,8 +69,9 @@ def test_graphed_step_equals_eager_and_follows_weight_updates(precision):
                     logits = policy.step(obs, (state[0].clone(), state[1].clone()))[0]
                 log_p = torch.log_softmax(logits.float(), -1)
                 torch.testing.assert_close(g_log_prob, log_p.gather(-1, g_actions).squeeze(-1), **tol)
-                # The state was written back: it is the state given to the next call.
-                state = (g_h.clone(), g_c.clone())
+            # The next call starts from the state the graph wrote back (cloned outside inference
+            # mode, so that the update below can use it).
+            state = (g_h.clone(), g_c.clone())
             # An in-place optimizer step must reach the graph on its next replay.
             optimizer.zero_grad()
             policy.step(obs, state)[1].float().pow(2).mean().backward()
@@ -86,7 +87,6 @@ def test_graphed_sampling_draws_from_the_policy_distribution():
         graphed = GraphedAct(eager_act(policy))
         obs = torch.zeros(4096, policy.obs_size, device=CUDA)
         state = policy.initial_state(4096, CUDA)
-        counts = torch.zeros(2, device=CUDA)
         with torch.inference_mode():
             logits = policy.step(obs, state)[0]
             draws = []
@@ -165,7 +165,7 @@ def test_compiled_policy_equals_eager_on_cuda():
         env.close()
 
 
-@pytest.mark.parametrize("extra", [[], ["--train.compile", "true"]])
+@pytest.mark.parametrize("extra", [[], ["--train.cuda-graph", "true"], ["--train.compile", "true"]])
 def test_training_on_cuda_runs_and_resumes(tmp_path, extra):
     overrides = [
         "--train.device", "cuda",
