@@ -19,7 +19,6 @@ graph-safe Philox stream: every replay draws new numbers.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -66,10 +65,3 @@ class GraphedAct:
                 static.copy_(given)
         captured.graph.replay()
         return (*captured.outputs, (captured.h, captured.c))
-
-
-def graph_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for code captured in a CUDA graph: bfloat16 without the weight cache."""
-    if precision == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
