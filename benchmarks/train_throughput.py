@@ -130,8 +130,10 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
     result = []
     for env in args.envs or [args.env]:
         for hidden in args.hidden_sizes or [None]:
-            for compiled in args.compile:
-                extra = ["--train.compile", "true" if compiled == "on" else "false"]
+            for compiled in args.compile or [None]:
+                extra = []
+                if compiled is not None:
+                    extra += ["--train.compile", "true" if compiled == "on" else "false"]
                 if hidden is not None:
                     extra += ["--policy.hidden-size", str(hidden)]
                 for s in out:
@@ -398,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envs", nargs="+", default=None, help="several envs, each measured in turn")
     parser.add_argument("--hidden-sizes", nargs="+", type=int, default=None,
                         help="policy widths to measure (default: each setting's)")
-    parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"],
-                        help="train.compile values to measure")
+    parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=None,
+                        help="train.compile values to measure (default: the config's)")
     parser.add_argument("--settings", nargs="+", choices=["default", "lstm128", "custom"], default=None,
                         help="default: default lstm128 (custom when --batch-sizes is given)")
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
