@@ -213,7 +213,7 @@ def run_setting(
     row: dict[str, Any] = {
         "env": spec["env"],
         "setting": spec["setting"],
-        "precision": cfg.train.precision,
+        "precision": last.get("precision", cfg.train.precision),
         "batch_size": cfg.train.batch_size,
         "minibatch_size": cfg.train.minibatch_size,
         "update_epochs": cfg.train.update_epochs,
@@ -261,7 +261,7 @@ def rollout_ab(
 
     from shoal.policy import make_policy
     from shoal.train.rollout import Collector, RolloutBuffer
-    from shoal.train.trainer import configure_threads, make_env
+    from shoal.train.trainer import configure_threads, make_env, resolve_precision
 
     threads = ["--train.torch-threads", str(spec["torch_threads"])]
     cfg = load_config(spec["env"], [*spec["overrides"], *threads, *flags])
@@ -276,7 +276,7 @@ def rollout_ab(
     policy = make_policy(env.single_observation_space, env.single_action_space, cfg.policy).to(device)
     policy.eval()
     autocast = None
-    if cfg.train.precision == "bfloat16":
+    if resolve_precision(cfg.train.precision, device) == "bfloat16":
         autocast = functools.partial(torch.autocast, device_type="cpu", dtype=torch.bfloat16)
     steps = cfg.train.batch_size // env.num_agents
     collectors, obs = {}, {}

@@ -62,7 +62,9 @@ class TrainConfig:
     seed: int = 1
     deterministic: bool = False
     device: str = "auto"
-    precision: Literal["float32", "bfloat16"] = "float32"
+    # "auto": bfloat16 where the hardware multiplies it natively (a CPU with AVX512-BF16 or
+    # AMX-BF16; a CUDA device with bfloat16 support), else float32.
+    precision: Literal["float32", "bfloat16", "auto"] = "float32"
     compile: bool = False
     # torch.compile's mode for train.compile: "default", "reduce-overhead" (CUDA graphs for
     # the training forward and backward too; CUDA only), "max-autotune", "max-autotune-no-cudagraphs".

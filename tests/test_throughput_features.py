@@ -496,3 +496,34 @@ def test_dashboard_says_when_the_wait_policy_is_not_the_one_asked():
     finally:
         dashboard.close()
     assert "passive? (asked active)" in text
+
+
+# ---- precision ----
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it_natively(monkeypatch):
+    from shoal.train import trainer
+
+    cpu = torch.device("cpu")
+    for flags, expected in (
+        ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
+        ({"avx2", "amx_tile", "amx_bf16"}, "bfloat16"),
+        ({"avx2", "avx512f", "avx512bw"}, "float32"),  # AVX-512 without BF16: emulated
+        (set(), "float32"),  # no /proc/cpuinfo (not Linux)
+    ):
+        monkeypatch.setattr(trainer, "cpu_flags", lambda flags=flags: flags)
+        assert trainer.resolve_precision("auto", cpu) == expected, flags
+        # An explicit choice is kept whatever the CPU.
+        assert trainer.resolve_precision("float32", cpu) == "float32"
+        assert trainer.resolve_precision("bfloat16", cpu) == "bfloat16"
+
+
+def test_training_reports_the_precision_auto_chose(tmp_path, monkeypatch):
+    from shoal.train import trainer
+
+    monkeypatch.setattr(trainer, "cpu_flags", lambda: {"avx2"})
+    result = train(small_config(tmp_path, "--train.precision", "auto", "--train.total-steps", "1024"))
+    assert {m["precision"] for m in result.history} == {"float32"}
+    monkeypatch.setattr(trainer, "cpu_flags", lambda: {"avx512_bf16"})
+    result = train(small_config(tmp_path, "--train.precision", "auto", "--train.total-steps", "1024"))
+    assert {m["precision"] for m in result.history} == {"bfloat16"}

@@ -258,7 +258,7 @@ class RichDashboard(Dashboard):
         system = [
             ("env", f"{cfg.env.name} ({cfg.env.num_envs} envs, {cfg.env.backend})", "bold"),
             ("device", self.device(), ""),
-            ("precision", cfg.train.precision, ""),
+            ("precision", str(self.metrics.get("precision") or cfg.train.precision), ""),
             ("threads", f"torch {torch_threads} · env {env_threads}", ""),
             ("OMP wait", omp, ""),
             ("overlap", self.overlap(), ""),
