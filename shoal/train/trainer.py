@@ -166,7 +166,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     Why not always bfloat16: a CPU without AVX512-BF16 or AMX emulates bfloat16 matrix products.
     On the project's Zen 5 machine, with oneDNN held to AVX-512 without BF16
     (ONEDNN_MAX_CPU_ISA=AVX512_CORE), bfloat16 products ran at about half the float32 speed, and
-    held to AVX2 at 1/4 to 1/8 of it; with BF16 they ran 2.2-2.6x faster than float32.
+    held to AVX2 at 1/4 to 1/12 of it; with BF16 they ran 1.9-2.6x faster than float32.
     """
     if name != "auto":
         return name
