@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -113,41 +114,45 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
                         }
                     )  # fmt: skip
         else:
-            for num_envs in args.num_envs or [0]:
-                for precision in args.precisions:
-                    for batch_size in args.batch_sizes or [262_144, 524_288]:
-                        minibatch = min(args.minibatch_size or batch_size // 8, batch_size)
-                        overrides = [
-                            "--train.precision", precision,
-                            "--train.batch-size", str(batch_size),
-                            "--train.minibatch-size", str(minibatch),
-                            "--train.max-minibatch-size", str(minibatch),
-                        ]  # fmt: skip
-                        if num_envs:
-                            overrides += ["--env.num-envs", str(num_envs)]
-                        spec = {"setting": "custom", "precision": precision, "batch_size": batch_size}
-                        out.append({**spec, "overrides": overrides})
+            grid = itertools.product(
+                args.num_envs or [0], args.precisions, args.batch_sizes or [262_144, 524_288]
+            )
+            for num_envs, precision, batch_size in grid:
+                minibatch = min(args.minibatch_size or batch_size // 8, batch_size)
+                overrides = [
+                    "--train.precision", precision,
+                    "--train.batch-size", str(batch_size),
+                    "--train.minibatch-size", str(minibatch),
+                    "--train.max-minibatch-size", str(minibatch),
+                ]  # fmt: skip
+                if num_envs:
+                    overrides += ["--env.num-envs", str(num_envs)]
+                spec = {"setting": "custom", "precision": precision, "batch_size": batch_size}
+                out.append({**spec, "overrides": overrides})
     result = []
-    for env in args.envs or [args.env]:
-        for hidden in args.hidden_sizes or [None]:
-            for compiled in args.compile or [None]:
-                extra = []
-                if compiled is not None:
-                    extra += ["--train.compile", "true" if compiled == "on" else "false"]
-                if hidden is not None:
-                    extra += ["--policy.hidden-size", str(hidden)]
-                for s in out:
-                    for overlap in args.overlap:
-                        for threads in args.torch_threads:
-                            result.append(
-                                {
-                                    **s,
-                                    "env": env,
-                                    "overrides": s["overrides"] + extra,
-                                    "overlap": overlap == "on",
-                                    "torch_threads": threads,
-                                }
-                            )
+    grid = itertools.product(
+        args.envs or [args.env],
+        args.hidden_sizes or [None],
+        args.compile or [None],
+        out,
+        args.overlap,
+        args.torch_threads,
+    )
+    for env, hidden, compiled, s, overlap, threads in grid:
+        extra = []
+        if compiled is not None:
+            extra += ["--train.compile", "true" if compiled == "on" else "false"]
+        if hidden is not None:
+            extra += ["--policy.hidden-size", str(hidden)]
+        result.append(
+            {
+                **s,
+                "env": env,
+                "overrides": s["overrides"] + extra,
+                "overlap": overlap == "on",
+                "torch_threads": threads,
+            }
+        )
     return result
 
 

@@ -8,6 +8,7 @@ copy. Rollout writes one column per step with in-place copies.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -153,15 +154,17 @@ class Collector:
             self.actions_pinned = torch.zeros(self.actions_np.shape, dtype=actions_dtype).pin_memory()
         if self.step_fn is None:
             self.step_fn = self.policy.step
-        self.act_fn = self._act_eager
+        self.act_fn = self._infer
         # Per env half in overlap mode: each half's graph keeps its own outputs, which must
         # live until that half's step is stored, after the other half has acted.
-        self.half_act_fns = (self._act_eager, self._act_eager)
+        self.half_act_fns = (self._infer, self._infer)
         if self.cuda_graph and self.on_cuda:
             from shoal.train.cuda_graph import GraphedAct
 
-            self.act_fn = GraphedAct(self._act_for_graph)
-            self.half_act_fns = (GraphedAct(self._act_for_graph), GraphedAct(self._act_for_graph))
+            # A cached autocast copy of the weights would be frozen into the graph.
+            uncached = functools.partial(self._infer, autocast_cache=False)
+            self.act_fn = GraphedAct(uncached)
+            self.half_act_fns = (GraphedAct(uncached), GraphedAct(uncached))
         if self.overlap and len(getattr(env, "halves", ())) != 2:
             raise ValueError(
                 "Collector(overlap=True) needs an env split in two halves (shoal.train.overlap.EnvHalves), "
@@ -174,20 +177,14 @@ class Collector:
     def reset_state(self) -> None:
         self.state = self.policy.initial_state(self.env.num_agents, self.device)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return self.autocast() if self.autocast is not None else contextlib.nullcontext()
+    def _autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return self.autocast() if cache else self.autocast(cache_enabled=False)
 
-    def _act_eager(self, obs: torch.Tensor, state: tuple) -> tuple:
+    def _infer(self, obs: torch.Tensor, state: tuple, autocast_cache: bool = True) -> tuple:
         """(actions, log_prob, value, new_state) for a batch of observations."""
-        with self._autocast():
-            logits, value, new_state = self.step_fn(obs, state)
-            actions, log_prob = sample_actions(self.policy, logits)
-        return actions, log_prob, value, new_state
-
-    def _act_for_graph(self, obs: torch.Tensor, state: tuple) -> tuple:
-        # A cached autocast copy of the weights would be frozen into the graph.
-        cast = self.autocast(cache_enabled=False) if self.autocast is not None else contextlib.nullcontext()
-        with cast:
+        with self._autocast(autocast_cache):
             logits, value, new_state = self.step_fn(obs, state)
             actions, log_prob = sample_actions(self.policy, logits)
         return actions, log_prob, value, new_state
