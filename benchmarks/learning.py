@@ -4,6 +4,7 @@
     python benchmarks/learning.py cartpole --seeds 3 --reference none
     python benchmarks/learning.py breakout --seeds 3
     python benchmarks/learning.py breakout --seeds 1 --minutes 1 -- --train.total-steps 5000000
+    python benchmarks/learning.py breakout --out benchmarks/results/processes2 -- --train.processes 2
 
 Each run trains with configs/<env>.toml (plus any config flags after `--`), then the script
 prints and saves (in --out) a JSON summary and PNG curves of score against agent steps and
@@ -50,7 +51,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from shoal.config import load_config  # noqa: E402
-from shoal.train import train  # noqa: E402
+from shoal.train import launch, train  # noqa: E402
 
 # PufferLib 3.0 on Breakout: (agent steps, score), at about 110K steps/s on this machine.
 PUFFER_BREAKOUT = [
@@ -227,19 +228,24 @@ def run_one(env: str, seed: int, minutes: float | None, flags: list[str], run_di
     def on_epoch(metrics: dict) -> bool:
         return limit is None or metrics["wall_time"] < limit
 
-    result = train(cfg, on_epoch=on_epoch)
-    curve = [[m["agent_steps"], m["wall_time"], m.get("score_100", m["score"])] for m in result.history]
+    if cfg.train.processes > 1:
+        history = run_processes(env, cfg.train.processes, overrides, Path(run_dir) / f"{env}_seed{seed}")
+    else:
+        history = train(cfg, on_epoch=on_epoch).history
+    last = history[-1]
+    curve = [[m["agent_steps"], m["wall_time"], m.get("score_100", m["score"])] for m in history]
     first = next((point for point in curve if target is not None and point[2] >= target), None)
     return {
         "seed": seed,
         "reached": first is not None,
         "time_to_target": None if first is None else first[1],
         "steps_to_target": None if first is None else first[0],
-        "final_score_100": result.metrics.get("score_100"),
-        "agent_steps": result.metrics["agent_steps"],
-        "wall_time": result.metrics["wall_time"],
-        "mean_sps": result.metrics["agent_steps"] / max(result.metrics["wall_time"], 1e-9),
-        "torch_threads": result.metrics.get("torch_threads", torch.get_num_threads()),
+        "final_score_100": last.get("score_100"),
+        "agent_steps": last["agent_steps"],
+        "wall_time": last["wall_time"],
+        "mean_sps": last["agent_steps"] / max(last["wall_time"], 1e-9),
+        "torch_threads": last.get("torch_threads", torch.get_num_threads()),
+        "processes": cfg.train.processes,
         "curve": curve,
     }
 
@@ -344,6 +350,16 @@ def run_line(name: str, run: dict) -> str:
     )
 
 
+def run_processes(env: str, processes: int, overrides: list[str], folder: Path) -> list[dict]:
+    """A train.processes > 1 run: `shoal train` starts the processes; its metrics come back
+    from the run folder (every epoch's line of metrics.jsonl)."""
+    status = launch.run_processes(processes, ["train", env, *overrides])
+    metrics = folder / "metrics.jsonl"
+    if status != 0 or not metrics.is_file():
+        raise RuntimeError(f"the {processes}-process run of {env} failed (exit status {status})")
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     flags: list[str] = []
@@ -353,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("env", choices=["cartpole", "breakout"])
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ...")
     parser.add_argument("--minutes", type=float, default=None, help="wall-time limit per run")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNGs")
     parser.add_argument(
@@ -363,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         "(auto: when stable-baselines3 is installed; needs the 'bench' extra)",
     )
     args = parser.parse_args(argv)
+    if args.minutes is not None and load_config(args.env, flags).train.processes > 1:
+        parser.error("--minutes stops a run from inside its process; it can't take train.processes > 1")
     if args.env != "cartpole" and args.reference == "sb3":
         parser.error("--reference sb3 is for cartpole (Breakout is drawn against PufferLib 3.0's curve)")
 
@@ -377,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
     reference: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="shoal_bench_") as run_dir:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             run = run_one(args.env, seed, args.minutes, flags, run_dir)
             runs.append(run)
             print(run_line("shoal", run), flush=True)

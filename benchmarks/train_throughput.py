@@ -10,6 +10,8 @@
     python benchmarks/train_throughput.py --batch-sizes 262144 524288      # custom: precision x batch
     python benchmarks/train_throughput.py --num-envs 256 --batch-sizes 16384 --epochs 3   # quick check
     python benchmarks/train_throughput.py --settings lstm128 -- --train.compile true      # compiled
+    python benchmarks/train_throughput.py --settings lstm128 --precisions bfloat16 --compile on \
+        --processes 1 2 --rounds 2                                          # train.processes
     python benchmarks/train_throughput.py --settings lstm128 --num-envs 1024 4096 8192 \
         --precisions bfloat16 --minibatch-size 65536 -- --train.device cuda            # on a GPU
 
@@ -19,6 +21,8 @@ Settings:
             minibatch 32768, 1 update epoch, for each of --precisions (and of --num-envs)
   custom    breakout with each (--precisions x --batch-sizes), minibatch --minibatch-size or
             batch / 8, envs --num-envs (the old form of this script; picked by --batch-sizes)
+--processes N runs a setting as N data-parallel processes (train.processes: the envs, batch and
+minibatch split between them), started as `shoal train` starts them; rank 0 measures.
 Flags after `--` go to every run's config (e.g. `-- --train.torch-threads 1`).
 
 Each setting trains for --epochs epochs in one process and drops the first (warm-up). With
@@ -137,8 +141,9 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
         out,
         args.overlap,
         args.torch_threads,
+        args.processes,
     )
-    for env, hidden, compiled, s, overlap, threads in grid:
+    for env, hidden, compiled, s, overlap, threads, processes in grid:
         extra = []
         if compiled is not None:
             extra += ["--train.compile", "true" if compiled == "on" else "false"]
@@ -151,6 +156,7 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "overrides": s["overrides"] + extra,
                 "overlap": overlap == "on",
                 "torch_threads": threads,
+                "processes": processes,
             }
         )
     return result
@@ -177,6 +183,7 @@ def run_setting(
         "--train.omp-wait-policy", args.omp_wait_policy,
         "--train.overlap", "true" if spec["overlap"] else "false",
         "--train.torch-threads", threads_flag,
+        "--train.processes", str(spec.get("processes", 1)),
         *spec["overrides"],
     ]
     cfg = load_config(spec["env"], overrides + flags)
@@ -225,6 +232,7 @@ def run_setting(
         "lstm": cfg.policy.lstm,
         "hidden_size": cfg.policy.hidden_size,
         "num_envs": cfg.env.num_envs,
+        "processes": cfg.train.processes,
         "overlap": cfg.train.overlap,
         "torch_threads": "/".join(map(str, threads)) if args.alternate_threads else last.get("torch_threads"),
         "env_threads": last.get("env_threads"),
@@ -253,6 +261,45 @@ def run_setting(
         if "undisturbed" in target and "busy" in target:
             target["busy_over_undisturbed"] = target["busy"]["sps"] / target["undisturbed"]["sps"]
     return row
+
+
+def run_in_processes(
+    spec: dict[str, Any], args: argparse.Namespace, flags: list[str], run_dir: str, tag: str
+) -> dict[str, Any]:
+    """run_setting with train.processes > 1: this script again, as that many ranks of a
+    torch.distributed job (the way `shoal train` starts them), in worker mode; rank 0 runs the
+    busy processes, the epochs' conditions and the figures, and hands back its row in a file."""
+    from shoal.train import launch
+
+    with tempfile.TemporaryDirectory(prefix="shoal_tp_worker_") as tmp:
+        job, result = Path(tmp) / "job.json", Path(tmp) / "row.json"
+        payload = {"spec": spec, "args": vars(args), "flags": flags, "run_dir": run_dir, "tag": tag}
+        job.write_text(json.dumps(payload))
+        command = launch.command(spec["processes"], [])
+        # Not `-m shoal`: this script, in worker mode.
+        command[command.index("-m", 3) :] = [str(Path(__file__).resolve()), "--worker", str(job), str(result)]
+        share = max(1, thread_setup.available_cores() // spec["processes"])
+        env = dict(os.environ, OMP_NUM_THREADS=str(share))
+        done = subprocess.run(command, env=env)
+        if done.returncode != 0 or not result.exists():
+            raise RuntimeError(f"the {spec['processes']}-process run failed (exit status {done.returncode})")
+        return json.loads(result.read_text())
+
+
+def worker(job_path: str, result_path: str) -> int:
+    """One rank of run_in_processes."""
+    payload = json.loads(Path(job_path).read_text())
+    args = argparse.Namespace(**payload["args"])
+    main_rank = os.environ.get("RANK", "0") == "0"
+    busy = BusyCores(args.busy) if args.busy and main_rank else None
+    try:
+        row = run_setting(payload["spec"], args, payload["flags"], payload["run_dir"], busy, payload["tag"])
+    finally:
+        if busy is not None:
+            busy.close()
+    if main_rank:
+        Path(result_path).write_text(json.dumps(row))
+    return 0
 
 
 def rollout_ab(
@@ -378,7 +425,9 @@ def describe(row: dict[str, Any]) -> str:
     return (
         f"{row['env']} {row['setting']} ({model}, {row['precision']}, batch {row['batch_size']}, minibatch "
         f"{row['minibatch_size']}, {row['update_epochs']} update epoch(s), {row['num_envs']} envs, "
-        f"overlap {'on' if row['overlap'] else 'off'}) | torch threads {row['torch_threads']}"
+        f"overlap {'on' if row['overlap'] else 'off'}) | "
+        f"{str(row['processes']) + ' processes x ' if row.get('processes', 1) > 1 else ''}"
+        f"torch threads {row['torch_threads']}"
         f"{' (tuned; rollout/update per epoch: ' + tuned(row) + ')' if row.get('threads_tuned') else ''}, "
         f"env threads {row['env_threads']}{' x 2 halves' if row['overlap'] else ''}, "
         f"OMP wait {row['omp_wait_policy']} | device {row['device']}"
@@ -430,8 +479,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollout-ab", action="store_true",
                         help="time rollouts only, overlap off vs on alternating in one process")
     parser.add_argument("--rollout-reps", type=int, default=6, help="collects per mode with --rollout-ab")
+    parser.add_argument("--processes", nargs="+", type=int, default=[1],
+                        help="train.processes values to compare (data-parallel processes; the envs, "
+                        "batch and minibatch are split between them)")
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
+    parser.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        thread_setup.prepare_wait_policy(args.omp_wait_policy)
+        return worker(*args.worker)
+    if any(n < 1 for n in args.processes):
+        parser.error("--processes must be >= 1")
+    if args.alternate_threads and max(args.processes) > 1:
+        parser.error("--alternate-threads switches one process's threads; it can't take --processes > 1")
+    if args.rollout_ab and max(args.processes) > 1:
+        parser.error("--rollout-ab times one process's rollouts; it can't take --processes > 1")
     if args.settings is None:
         args.settings = ["custom"] if args.batch_sizes else ["default", "lstm128"]
     if not args.epochs:
@@ -471,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="shoal_tp_") as run_dir:
             for r in range(args.rounds):
                 for i, spec in enumerate(specs):
-                    row = run_setting(spec, args, flags, run_dir, busy, f"{r}_{i}")
+                    if spec["processes"] > 1:
+                        row = run_in_processes(spec, args, flags, run_dir, f"{r}_{i}")
+                    else:
+                        row = run_setting(spec, args, flags, run_dir, busy, f"{r}_{i}")
                     row["round"] = r
                     rows.append(row)
                     print(describe(row), flush=True)
@@ -484,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(len(specs)):
             mine = rows[i :: len(specs)]
             first = mine[0]
-            groups = [(f"torch threads {first['torch_threads']}", mine)]
+            procs = f"{first['processes']} processes x " if first.get("processes", 1) > 1 else ""
+            groups = [(f"{procs}torch threads {first['torch_threads']}", mine)]
             if "by_threads" in first:
                 by = first["by_threads"]
                 groups = [(f"torch threads {n}", [r["by_threads"][n] for r in mine]) for n in by]

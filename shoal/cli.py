@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(args.command, f"'shoal {args.command}' takes no config flags (got {dotted[0]})")
     from shoal.config import ConfigError
 
+    args.argv = argv
     try:
         return int(args.func(args, dotted) or 0)
     except (ConfigError, UsageError) as e:
@@ -283,6 +284,12 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.wandb:
         cfg.run.wandb = True
 
+    from shoal.train import launch
+
+    processes = launch.check_processes(cfg)
+    if processes > 1 and not launch.launched():
+        check_env(cfg.env.name, cfg.env.options)
+        return launch.run_processes(processes, args.argv)
     # Before anything loads torch: libgomp reads OMP_WAIT_POLICY only when torch is imported.
     prepare_threads(cfg)
     check_env(cfg.env.name, cfg.env.options)

@@ -84,6 +84,9 @@ class TrainConfig:
     # Double-buffered rollouts: the envs are split in two halves, and one half steps while the
     # policy acts for the other (native envs only).
     overlap: bool = False
+    # Data-parallel processes on this machine, started by `shoal train` itself; each takes 1/N
+    # of env.num_envs, batch_size, minibatch_size and max_minibatch_size (shoal/train/launch.py).
+    processes: int = 1
     total_steps: int = 10_000_000
     # Agent steps per rollout (num_agents * bptt_horizon must divide it).
     batch_size: int = 131_072

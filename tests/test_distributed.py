@@ -137,3 +137,85 @@ def test_buckets_keep_order_and_limit() -> None:
     assert [[t.numel() for t in g] for g in groups] == [[3, 4], [2], [10]]
     assert digest_check(["a", "a"]) is None
     assert "rank 1" in (digest_check(["a", "b"]) or "")
+
+
+# ---- train.processes: `shoal train` starts the ranks itself and splits the job between them ----
+
+
+def shoal_train(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    command = [sys.executable, "-m", "shoal", "train", *args, "--quiet"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_processes_split_the_job_and_keep_its_config(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = shoal_train(
+        "cartpole",
+        "--train.processes", "2",
+        "--train.total-steps", "2048",
+        "--train.deterministic", "true",
+        "--run.dir", str(runs),
+        "--run.name", "split",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # torchrun's banner about OMP_NUM_THREADS is not shown: the launcher sets the variable.
+    assert "OMP_NUM_THREADS" not in result.stderr
+    assert result.stdout.count("done:") == 1
+    run = runs / "split"
+    saved = json.loads((run / "config.json").read_text())
+    # The folder keeps the job's config, not a rank's share of it.
+    assert saved["train"]["processes"] == 2
+    assert saved["env"]["num_envs"] == 16 and saved["train"]["batch_size"] == 512
+    lines = metrics(run)
+    # cartpole's 512-step batch is the whole job's: 256 steps per rank, 512 per epoch.
+    assert [m["agent_steps"] for m in lines] == [512, 1024, 1536, 2048]
+    assert all(m["world_size"] == 2 for m in lines)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    model = torch.load(run / "model.pt", weights_only=True)["model"]
+    assert ckpt["config"]["train"]["processes"] == 2
+    assert ckpt["rank_digests"] == [digest(model)] * 2
+
+
+def test_processes_that_do_not_divide_the_job_fail_before_starting(tmp_path: Path) -> None:
+    result = shoal_train("cartpole", "--train.processes", "3", "--run.dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "env.num_envs (16) must be a multiple of train.processes (3)" in result.stderr
+    assert "torch.distributed" not in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_split_config_divides_the_job() -> None:
+    from shoal.config import ConfigError, load_config
+    from shoal.train.launch import split_config
+    from shoal.train.threads import available_cores
+
+    cfg = load_config("breakout", ["--train.processes", "2"])
+    local = split_config(cfg, 2)
+    assert local is not cfg and cfg.env.num_envs == 1024
+    assert (local.env.num_envs, local.train.batch_size) == (512, cfg.train.batch_size // 2)
+    assert (local.train.minibatch_size, local.train.max_minibatch_size) == (8192, 16384)
+    assert local.train.total_steps == cfg.train.total_steps
+    # The env's automatic threads become this process's share of the cores.
+    assert local.env.num_threads == max(1, available_cores() // 2) and cfg.env.num_threads == 0
+    single = load_config("breakout", [])
+    # train.processes = 1 under torchrun: every process takes the whole sizes, as before.
+    assert split_config(single, 4) is single
+    with pytest.raises(ConfigError, match="4 process"):
+        split_config(cfg, 4)
+    with pytest.raises(ConfigError, match="'shoal train' starts them"):
+        split_config(cfg, 1)
+    with pytest.raises(ConfigError, match="train.minibatch_size .* multiple of train.processes"):
+        odd = ["--train.processes", "2", "--train.minibatch-size", "16385"]
+        split_config(load_config("breakout", odd), 2)
+    with pytest.raises(ConfigError, match=">= 1"):
+        split_config(load_config("breakout", ["--train.processes", "0"]), 1)
+
+
+def test_train_called_directly_with_processes_says_how_to_run_them(tmp_path: Path) -> None:
+    from shoal.config import ConfigError, load_config
+    from shoal.train import train
+
+    cfg = load_config("cartpole", ["--train.processes", "2", "--run.dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="'shoal train' starts them"):
+        train(cfg)

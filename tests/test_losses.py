@@ -89,3 +89,17 @@ def test_normalize_advantages():
     out = normalize_advantages(adv)
     assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
     assert out.std().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_normalize_advantages_across_processes_uses_the_whole_minibatch():
+    # Two processes hold parts a and b of one minibatch; all_sum adds b's moments to a's, as
+    # the sum over the ranks would. a's part must come out as in the normalized whole.
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(64, generator=gen) * 3 + 1, torch.randn(40, generator=gen) - 2
+    b64 = b.double()
+    b_moments = torch.stack([b64.new_tensor(b.numel()), b64.sum(), b64.square().sum()])
+    out = normalize_advantages(a, all_sum=lambda moments: moments + b_moments)
+    whole = normalize_advantages(torch.cat([a, b]))
+    torch.testing.assert_close(out, whole[:64], rtol=1e-5, atol=1e-6)
+    # One process: all_sum is the identity and the result is the plain normalization.
+    torch.testing.assert_close(normalize_advantages(a, all_sum=lambda m: m), normalize_advantages(a))

@@ -38,6 +38,7 @@ def namespace(**overrides) -> argparse.Namespace:
         "compile": None,
         "overlap": ["off"],
         "torch_threads": [0],
+        "processes": [1],
     }
     args.update(overrides)
     return argparse.Namespace(**args)
@@ -104,3 +105,20 @@ def test_a_small_run_writes_its_figures(bench, tmp_path):
     assert row["env"] == "cartpole" and row["num_envs"] == 64 and row["batch_size"] == 4096
     assert row["compile"] is False and row["device"] == "cpu"
     assert len(row["epochs"]) == 2 and row["undisturbed"]["sps"] > 0
+
+
+def test_a_two_process_run_splits_the_job_and_reports_rank_0(bench, tmp_path):
+    out = tmp_path / "tp.json"
+    argv = [
+        "--env", "cartpole", "--num-envs", "64", "--batch-sizes", "4096", "--minibatch-size", "1024",
+        "--epochs", "2", "--precisions", "float32", "--compile", "off", "--processes", "2",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    # The row describes the job (64 envs, batch 4096), run as 2 processes of 1 torch thread.
+    assert row["processes"] == 2 and row["num_envs"] == 64 and row["batch_size"] == 4096
+    assert row["torch_threads"] == 1
+    assert [m["world_size"] for m in row["epochs"]] == [2, 2]
+    assert [m["agent_steps"] for m in row["epochs"]] == [4096, 8192]
+    assert row["undisturbed"]["sps"] > 0

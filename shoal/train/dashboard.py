@@ -194,6 +194,11 @@ class Dashboard:
             omp = f"{omp} (asked {asked})"
         return str(torch_threads), str(env_threads), str(omp)
 
+    def processes(self) -> str:
+        """' · N processes' for data-parallel runs (the threads are each process's)."""
+        world = self.metrics.get("world_size")
+        return f" · {int(world)} processes" if isinstance(world, (int, float)) and world > 1 else ""
+
     def overlap(self) -> str:
         """'off', or 'on' with the share of env time hidden behind inference."""
         if not self.metrics.get("overlap", getattr(self.cfg.train, "overlap", False)):
@@ -259,7 +264,7 @@ class RichDashboard(Dashboard):
             ("env", f"{cfg.env.name} ({cfg.env.num_envs} envs, {cfg.env.backend})", "bold"),
             ("device", self.device(), ""),
             ("precision", str(self.metrics.get("precision") or cfg.train.precision), ""),
-            ("threads", f"torch {torch_threads} · env {env_threads}", ""),
+            ("threads", f"torch {torch_threads} · env {env_threads}{self.processes()}", ""),
             ("OMP wait", omp, ""),
             ("overlap", self.overlap(), ""),
         ]

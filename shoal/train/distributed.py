@@ -124,6 +124,14 @@ class Dist:
         torch_dist.all_reduce(spread, op=torch_dist.ReduceOp.SUM)
         return int(total.item()), global_mean.to(mean.dtype), (spread / total).to(var.dtype)
 
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over the ranks (a new tensor; `tensor` itself is left as it is)."""
+        if not self.enabled:
+            return tensor
+        total = tensor.clone()
+        torch_dist.all_reduce(total, op=torch_dist.ReduceOp.SUM)
+        return total
+
     def sum_floats(self, values: Iterable[float], device: torch.device) -> list[float]:
         """Elementwise sums over the ranks."""
         values = list(values)

@@ -73,11 +73,15 @@ class Learner:
         autocast=None,
         forward_fn=None,
         grad_sync: Callable[[Sequence[torch.Tensor]], None] | None = None,
+        all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """`grad_sync(params)`, when given, runs after each minibatch's gradients are accumulated
-        and before clipping: data-parallel training averages the ranks' gradients there."""
+        and before clipping: data-parallel training averages the ranks' gradients there.
+        `all_sum(tensor)` sums over the ranks; with it the advantages are normalized with the
+        mean and std of the whole minibatch (every rank's part of it)."""
         cfg = train_cfg
         self.grad_sync = grad_sync
+        self.all_sum = all_sum
         self.policy, self.opt, self.buffer, self.cfg = policy, optimizers, buffer, cfg
         self.total_updates = max(total_updates, 1)
         self.autocast = autocast
@@ -249,7 +253,7 @@ class Learner:
                 if weights is not None:
                     adv = adv * weights.unsqueeze(1)
                 if cfg.norm_adv:
-                    adv = normalize_advantages(adv)
+                    adv = normalize_advantages(adv, all_sum=self.all_sum)
                 self.opt.set_lr_factor(
                     lr_factor(self.progress(), cfg.lr_schedule, cfg.warmup_fraction, cfg.min_lr_ratio)
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,10 +19,28 @@ class LossTerms:
     ratio: torch.Tensor
 
 
-def normalize_advantages(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    if advantages.numel() < 2:
-        return advantages - advantages.mean()
-    return (advantages - advantages.mean()) / (advantages.std() + eps)
+def normalize_advantages(
+    advantages: torch.Tensor,
+    eps: float = 1e-8,
+    all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(A - mean) / (std + eps) over the minibatch (std with Bessel's correction).
+
+    `all_sum`, in data-parallel training, sums a tensor over the processes: the mean and std are
+    then those of the whole minibatch, of which each process holds a part, so the update is the
+    one a single process would make."""
+    if all_sum is None:
+        if advantages.numel() < 2:
+            return advantages - advantages.mean()
+        return (advantages - advantages.mean()) / (advantages.std() + eps)
+    flat = advantages.detach().double().reshape(-1)
+    moments = torch.stack([flat.new_tensor(flat.numel()), flat.sum(), flat.square().sum()])
+    count, total, squares = all_sum(moments)
+    mean = total / count
+    if count < 2:
+        return advantages - mean.to(advantages.dtype)
+    var = ((squares - count * mean * mean) / (count - 1)).clamp_min(0.0)
+    return (advantages - mean.to(advantages.dtype)) / (var.sqrt().to(advantages.dtype) + eps)
 
 
 def ppo_loss(

@@ -24,7 +24,7 @@ from shoal.config import Config, ConfigError
 from shoal.fileio import write_text_atomic
 from shoal.mup import regroup
 from shoal.policy import make_policy
-from shoal.train import distributed
+from shoal.train import distributed, launch
 from shoal.train.checkpoint import (
     CHECKPOINT,
     MODEL,
@@ -377,6 +377,9 @@ def _train(
 ) -> TrainResult:
     from shoal.train.dashboard import Dashboard, make_dashboard
 
+    # The run folder keeps the whole job's config; this process works on its share of it.
+    job_cfg = cfg
+    cfg = launch.split_config(cfg, dist.world_size)
     tcfg = cfg.train
     main = dist.is_main
     thread_info = configure_threads(tcfg.torch_threads, tcfg.omp_wait_policy)
@@ -462,6 +465,7 @@ def _train(
             autocast,
             forward_fn,
             grad_sync=dist.all_reduce_grads if dist.enabled else None,
+            all_sum=dist.all_sum if dist.enabled else None,
         )
         combine_stats = dist.merge_batch_stats if dist.enabled else None
 
@@ -501,7 +505,7 @@ def _train(
         else:
             obs_np, _ = env.reset(seed=seed)
         if main:
-            write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+            write_text_atomic(run_dir / "config.json", json.dumps(job_cfg.to_dict(), indent=2) + "\n")
 
         def save_checkpoint() -> None:
             # Every rank takes part (the gathers); rank 0 writes.
@@ -523,7 +527,7 @@ def _train(
                 {
                     "model": policy.state_dict(),
                     "optimizer": optimizers.state_dict(),
-                    "config": cfg.to_dict(),
+                    "config": job_cfg.to_dict(),
                     "epoch": epoch,
                     "agent_steps": agent_steps,
                     "wall_time": wall_time,
@@ -543,7 +547,7 @@ def _train(
             )
 
         # The base Dashboard shows nothing: the other ranks run quiet.
-        dashboard = make_dashboard(cfg) if main else Dashboard(cfg)
+        dashboard = make_dashboard(job_cfg) if main else Dashboard(job_cfg)
         metrics: dict[str, Any] = history[-1] if history else {}
         start = time.perf_counter()
         wall_time = wall_offset
