@@ -31,7 +31,8 @@ def doc_commands() -> list[tuple[str, list[str], str | None]]:
         for match in FENCE.finditer(path.read_text()):
             if match.group(1) not in ("bash", "console", ""):
                 continue
-            lines = match.group(2).splitlines()
+            # A command continued with a trailing backslash is one command.
+            lines = match.group(2).replace("\\\n", " ").splitlines()
             for i, line in enumerate(lines):
                 line = line.removeprefix("$ ").strip()
                 if not line.startswith("shoal "):
