@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as e:
         return fail(args.command, str(e))
     except KeyboardInterrupt:
-        print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)
+        # In a multi-process run every rank is interrupted; one line is enough.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
@@ -184,7 +186,10 @@ def exit_status(e: SystemExit) -> int:
 
 
 def fail(command: str, message: str, status: int = 2) -> int:
-    print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+    # In a multi-process run the other ranks name themselves: their error may be their own.
+    rank = os.environ.get("RANK", "0")
+    where = "" if rank == "0" else f" (rank {rank})"
+    print(f"{PROG} {command}{where}: error: {message}", file=sys.stderr)
     return status
 
 

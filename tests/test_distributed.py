@@ -219,3 +219,21 @@ def test_train_called_directly_with_processes_says_how_to_run_them(tmp_path: Pat
     cfg = load_config("cartpole", ["--train.processes", "2", "--run.dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="'shoal train' starts them"):
         train(cfg)
+
+
+def test_an_error_in_the_processes_ends_the_job_with_its_status_and_message(tmp_path: Path) -> None:
+    # Divisible by 2, but each process's 500 steps are no whole number of its 8 envs' steps.
+    result = shoal_train(
+        "cartpole",
+        "--train.processes", "2",
+        "--train.batch-size", "1000",
+        "--train.minibatch-size", "500",
+        "--train.max-minibatch-size", "500",
+        "--run.dir", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "train.batch_size (500) must be a multiple" in result.stderr
+    assert "each process's share of the job: train.processes = 2" in result.stderr
+    # The ranks' own messages, not the launcher's traceback.
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+    assert not any(tmp_path.iterdir())

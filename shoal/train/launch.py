@@ -13,13 +13,12 @@ Why processes rather than more threads: on a small CPU each OpenMP parallel regi
 runs hundreds of them per minibatch. One thread per process runs them all without
 synchronization; the processes meet only to average gradients (once per minibatch).
 
-This module imports no torch: the parent process only validates the config and waits.
+This module imports torch only to start the processes (torch.distributed.run's launcher).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -105,22 +104,35 @@ def command(processes: int, argv: Sequence[str]) -> list[str]:
 def run_processes(processes: int, argv: Sequence[str]) -> int:
     """Run ``shoal <argv>`` as `processes` ranks and wait; returns their exit status.
 
-    Ctrl-C reaches every process of the terminal's group, the ranks included; this process then
-    waits for them to stop rather than leave them running.
+    torch.distributed.run's launcher runs in this process, so that its ways of ending are
+    turned into an exit status here instead of its traceback: Ctrl-C (which reaches the ranks
+    too; they stop as a single process would) gives 130, and a rank that fails ends the others
+    and gives that rank's status (it has printed its own error).
     """
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     from shoal.train.threads import available_cores
 
-    env = dict(os.environ)
     # torchrun sets OMP_NUM_THREADS=1 (with a banner) when it is unset; the trainer picks its
     # threads anyway (train.torch_threads), so give each rank its share of the cores quietly.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // processes)))
-    proc = subprocess.Popen(command(processes, argv), env=env)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // processes)))
+    # The launcher's notices (closing signals, a rank's exit code) say nothing the ranks have
+    # not said.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    launcher_args = command(processes, argv)[3:]  # after `python -m torch.distributed.run`
     try:
-        return proc.wait()
+        run(parse_args(launcher_args))
+    except SignalException:
+        return 130
+    except ChildFailedError as e:
+        codes = [failure.exitcode for failure in e.failures.values()]
+        return next((c for c in codes if c > 0), 1)
     except KeyboardInterrupt:
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait()
-        raise
+        return 130
+    return 0

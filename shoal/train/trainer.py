@@ -407,7 +407,15 @@ def _train(
     dashboard = None
     try:
         num_agents = env.num_agents
-        steps_per_agent, total_epochs = validate(cfg, num_agents)
+        try:
+            steps_per_agent, total_epochs = validate(cfg, num_agents)
+        except ConfigError as e:
+            if cfg is job_cfg:
+                raise
+            raise ConfigError(
+                f"{e} (in each process's share of the job: train.processes = {tcfg.processes} "
+                f"splits env.num_envs, train.batch_size and the minibatch sizes between them)"
+            ) from None
         if run_dir is None:
             # Made only once the config is known to be valid, so a mistake leaves no empty folder.
             run_dir = Path(dist.broadcast_object(str(new_run_dir(cfg)) if main else None))
