@@ -275,12 +275,9 @@ def run_in_processes(
         job, result = Path(tmp) / "job.json", Path(tmp) / "row.json"
         payload = {"spec": spec, "args": vars(args), "flags": flags, "run_dir": run_dir, "tag": tag}
         job.write_text(json.dumps(payload))
-        command = launch.command(spec["processes"], [])
-        # Not `-m shoal`: this script, in worker mode.
-        command[command.index("-m", 3) :] = [str(Path(__file__).resolve()), "--worker", str(job), str(result)]
-        share = max(1, thread_setup.available_cores() // spec["processes"])
-        env = dict(os.environ, OMP_NUM_THREADS=str(share))
-        done = subprocess.run(command, env=env)
+        program = [str(Path(__file__).resolve()), "--worker", str(job), str(result)]
+        env = dict(os.environ, OMP_NUM_THREADS=launch.omp_threads(spec["processes"]))
+        done = subprocess.run(launch.command(spec["processes"], program), env=env)
         if done.returncode != 0 or not result.exists():
             raise RuntimeError(f"the {spec['processes']}-process run failed (exit status {done.returncode})")
         return json.loads(result.read_text())

@@ -87,18 +87,24 @@ def launched() -> bool:
     return bool(os.environ.get("WORLD_SIZE")) and bool(os.environ.get("RANK"))
 
 
-def command(processes: int, argv: Sequence[str]) -> list[str]:
-    """The command that runs ``shoal <argv>`` as `processes` local ranks."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={processes}",
-        "-m",
-        "shoal",
-        *argv,
-    ]
+def launcher_args(processes: int, program: Sequence[str]) -> list[str]:
+    """torch.distributed.run's arguments that run `program` (``-m shoal train ...``, or a script
+    and its arguments) as `processes` local ranks."""
+    return ["--standalone", f"--nproc-per-node={processes}", *program]
+
+
+def command(processes: int, program: Sequence[str]) -> list[str]:
+    """The command line of launcher_args: ``python -m torch.distributed.run ...``."""
+    return [sys.executable, "-m", "torch.distributed.run", *launcher_args(processes, program)]
+
+
+def omp_threads(processes: int) -> str:
+    """OMP_NUM_THREADS for each of `processes` ranks: its share of the cores. torchrun sets 1,
+    with a banner, when the variable is unset; the trainer picks its threads anyway
+    (train.torch_threads), so setting it keeps the launch quiet."""
+    from shoal.train.threads import available_cores
+
+    return str(max(1, available_cores() // processes))
 
 
 def run_processes(processes: int, argv: Sequence[str]) -> int:
@@ -115,19 +121,14 @@ def run_processes(processes: int, argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    from shoal.train.threads import available_cores
-
-    # torchrun sets OMP_NUM_THREADS=1 (with a banner) when it is unset; the trainer picks its
-    # threads anyway (train.torch_threads), so give each rank its share of the cores quietly.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // processes)))
+    os.environ.setdefault("OMP_NUM_THREADS", omp_threads(processes))
     # The launcher's notices (closing signals, a rank's exit code) say nothing the ranks have
     # not said.
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    launcher_args = command(processes, argv)[3:]  # after `python -m torch.distributed.run`
     try:
-        run(parse_args(launcher_args))
+        run(parse_args(launcher_args(processes, ["-m", "shoal", *argv])))
     except SignalException:
         return 130
     except ChildFailedError as e:

@@ -278,7 +278,7 @@ class Collector:
             if self.bootstrap_truncation and truncations.any():
                 self._bootstrap_truncated(t, truncations, new_state)
             if has_state:
-                done = done_t.unsqueeze(1) > 0
+                done = done_t.unsqueeze(1).bool()  # as is on the CPU; from float staging on CUDA
                 new_state[0].masked_fill_(done, 0.0)
                 new_state[1].masked_fill_(done, 0.0)
                 self.state = new_state
@@ -407,7 +407,7 @@ class Collector:
         if self.bootstrap_truncation and truncations.any():
             self._bootstrap_truncated(t, truncations, new_state, half, rows.start)
         if self.policy.use_lstm:
-            done = done_t.unsqueeze(1) > 0
+            done = done_t.unsqueeze(1).bool()  # as is on the CPU; from float staging on CUDA
             new_state[0].masked_fill_(done, 0.0)
             new_state[1].masked_fill_(done, 0.0)
             self.state[0][rows].copy_(new_state[0])
