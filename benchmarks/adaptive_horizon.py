@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shoal.config import load_config  # noqa: E402
+from shoal.core.config import load_config  # noqa: E402
 
 # Rollout geometry for the adaptive variants: at least 256 steps per agent, same batch size.
 AH_GEOMETRY = {

@@ -50,7 +50,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from shoal.config import load_config  # noqa: E402
+from shoal.core.config import load_config  # noqa: E402
 from shoal.train import launch, train  # noqa: E402
 
 # PufferLib 3.0 on Breakout: (agent steps, score), at about 110K steps/s on this machine.

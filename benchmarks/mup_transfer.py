@@ -39,8 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shoal.config import load_config  # noqa: E402
-from shoal.fileio import write_atomic  # noqa: E402
+from shoal.core.config import load_config  # noqa: E402
+from shoal.core.fileio import write_atomic  # noqa: E402
 
 # Per env and size: config flags, learning rates and seeds. CartPole uses its own config (2-layer
 # tanh MLP, no LSTM) at a step budget where the best learning rates score well but mostly short

@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoal.config import load_config
+from shoal.core.config import load_config
 from shoal.train import threads as thread_setup
 
 PHASES = ("time_env", "time_inference", "time_copy", "time_learn", "time_other")
@@ -308,9 +308,10 @@ def rollout_ab(
 
     import torch
 
+    from shoal.core.hardware import resolve_precision
     from shoal.policy import make_policy
     from shoal.train.rollout import Collector, RolloutBuffer
-    from shoal.train.trainer import configure_threads, make_env, resolve_precision
+    from shoal.train.trainer import configure_threads, make_env
 
     threads = ["--train.torch-threads", str(spec["torch_threads"])]
     cfg = load_config(spec["env"], [*spec["overrides"], *threads, *flags])

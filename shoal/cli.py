@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from shoal.core.config import split_config_flags
+
 PROG = "shoal"
 
 # Commands that own their whole argument list: (module, function, one-line help).
@@ -37,30 +39,6 @@ config flags:
 
 class UsageError(Exception):
     """A mistake on the command line; printed as one line, exit status 2."""
-
-
-def split_config_flags(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Separate dotted config flags (--train.learning-rate 3e-4) from the command's own arguments.
-
-    They are taken out before argparse sees the line, so values such as '-1' or '1e-3' reach
-    the config untouched and argparse never guesses at abbreviations of them.
-    """
-    regular: list[str] = []
-    dotted: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0]
-        if arg.startswith("--") and "." in name:
-            dotted.append(arg)
-            has_value = "=" in arg
-            if not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                dotted.append(argv[i + 1])
-                i += 1
-        else:
-            regular.append(arg)
-        i += 1
-    return regular, dotted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if dotted and not args.takes_flags:
         return fail(args.command, f"'shoal {args.command}' takes no config flags (got {dotted[0]})")
-    from shoal.config import ConfigError
+    from shoal.core.config import ConfigError
 
     args.argv = argv
     try:
@@ -245,7 +223,7 @@ def resume_config(run_dir: str, env: str | None, overrides: list[str]) -> Any:
     """The config of the run in `run_dir`, with `overrides` applied, set to continue that run."""
     import json
 
-    from shoal.config import ConfigError, from_dict, parse_overrides, set_key
+    from shoal.core.config import ConfigError, from_dict, parse_overrides, set_key
 
     folder = Path(run_dir)
     config_path = folder / "config.json"
@@ -272,7 +250,7 @@ def resume_config(run_dir: str, env: str | None, overrides: list[str]) -> Any:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from shoal.config import load_config
+    from shoal.core.config import load_config
 
     if args.resume:
         if args.config:
@@ -361,7 +339,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
     import numpy as np
 
-    from shoal.config import parse_overrides, set_key
+    from shoal.core.config import parse_overrides, set_key
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
@@ -494,14 +472,14 @@ def format_number(value: float, is_int: bool) -> str:
 
 
 def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
-    from shoal.config import load_config, to_toml
+    from shoal.core.config import load_config, to_toml
 
     cfg = load_config(args.env, overrides, args.config)
     text = to_toml(cfg)
     if not args.output:
         sys.stdout.write(text)
         return 0
-    from shoal.fileio import write_text_atomic
+    from shoal.core.fileio import write_text_atomic
 
     out = write_text_atomic(args.output, text)
     print(f"wrote {out}")

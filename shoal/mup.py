@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.fileio import write_atomic
+from shoal.core.fileio import write_atomic
 
 PARAMETRIZATIONS = ("standard", "mup")
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
@@ -426,10 +426,10 @@ class _Recorder:
 
 def _trace(cfg: Any, batch: _Batch, obs_space: Any, act_space: Any, steps: int) -> list[dict[str, float]]:
     """Activation sizes before each of `steps` PPO updates and after the last."""
+    from shoal.core.hardware import resolve_device
     from shoal.policy import evaluate_actions, make_policy
     from shoal.train.losses import normalize_advantages, ppo_loss
     from shoal.train.optim import make_optimizer
-    from shoal.train.trainer import resolve_device
 
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -480,7 +480,7 @@ def coord_check(
     ``["--policy.base-width", "64"]``); all widths train on the same batch of observations
     from random play. `learning_rate` overrides ``train.learning_rate``.
     """
-    from shoal.config import load_config
+    from shoal.core.config import load_config
 
     widths = sorted(_check_width(w, "width") for w in widths)
     if len(widths) < 2:
@@ -595,7 +595,7 @@ def mup_check_main(argv: list[str]) -> int:
     """`shoal mup-check ENV [--widths ...] [--parametrization standard|mup|both] [--section.key V ...]`."""
     from rich.console import Console
 
-    from shoal.config import ConfigError
+    from shoal.core.config import ConfigError
 
     parser = argparse.ArgumentParser(
         prog="shoal mup-check",
@@ -618,7 +618,7 @@ def mup_check_main(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", default="mup_check.png", metavar="FILE.png",
                         help="where to write the plot (default mup_check.png)")
     parser.add_argument("--json", default=None, metavar="FILE.json", help="also write the numbers as JSON")
-    from shoal.cli import split_config_flags
+    from shoal.core.config import split_config_flags
 
     regular, overrides = split_config_flags(list(argv))
     args = parser.parse_args(regular)

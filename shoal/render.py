@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from shoal.fileio import write_bytes_atomic
+from shoal.core.fileio import write_bytes_atomic
 
 RGB = tuple[int, int, int]
 

@@ -36,7 +36,7 @@ from shoal.analysis import (
 )
 from shoal.analysis.analyze import analyze_sweep, compare_sweeps
 from shoal.analysis.stats import config_label
-from shoal.config import Config, set_key
+from shoal.core.config import Config, set_key
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -544,7 +544,7 @@ def test_reproduce_errors(sweeps: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert reproduce_main(["small", "--top", "0", "--seeds", "1"], train_fn=fake_train) == 1
     assert "nothing to reproduce" in capsys.readouterr().out
     assert reproduce_main(["small", "--seeds", "0"], train_fn=fake_train) == 2
-    assert reproduce_main(["small", "--top", "1", "--train-fn", "shoal.config:no_such_function"]) == 1
+    assert reproduce_main(["small", "--top", "1", "--train-fn", "shoal.core.config:no_such_function"]) == 1
     assert "has no function 'no_such_function'" in capsys.readouterr().out
 
 

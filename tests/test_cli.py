@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shoal import cli
-from shoal.config import load_config
+from shoal.core.config import load_config, split_config_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +104,7 @@ def test_config_prints_the_resolved_toml(capsys: pytest.CaptureFixture[str]) -> 
     data = tomllib.loads(out)
     assert data["env"]["name"] == "cartpole"
     assert data["train"]["learning_rate"] == 1e-3
-    from shoal.config import from_dict
+    from shoal.core.config import from_dict
 
     assert from_dict(data) == load_config("cartpole", ["--train.learning-rate", "1e-3"])
 
@@ -186,7 +186,7 @@ def test_split_config_flags() -> None:
         "--env.num-envs=8",
         "--x.y",
     ]
-    regular, dotted = cli.split_config_flags(argv)
+    regular, dotted = split_config_flags(argv)
     assert regular == ["cartpole", "--quiet", "--config", "my.toml"]
     assert dotted == ["--train.ent-coef", "-0.01", "--env.num-envs=8", "--x.y"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.config import (
+from shoal.core.config import (
     CONFIG_DIR,
     Config,
     ConfigError,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import shoal
-from shoal.config import load_config
+from shoal.core.config import load_config
 from shoal.policy import Policy, sample_actions
 from shoal.train import rollout, train
 from shoal.train.cuda_graph import GraphedAct

@@ -8,7 +8,7 @@ import math
 import pytest
 from rich.console import Console
 
-from shoal.config import Config
+from shoal.core.config import Config
 from shoal.train.dashboard import (
     PlainLogger,
     RichDashboard,

@@ -186,7 +186,7 @@ def test_processes_that_do_not_divide_the_job_fail_before_starting(tmp_path: Pat
 
 
 def test_split_config_divides_the_job() -> None:
-    from shoal.config import ConfigError, load_config
+    from shoal.core.config import ConfigError, load_config
     from shoal.train.launch import split_config
     from shoal.train.threads import available_cores
 
@@ -213,7 +213,7 @@ def test_split_config_divides_the_job() -> None:
 
 
 def test_train_called_directly_with_processes_says_how_to_run_them(tmp_path: Path) -> None:
-    from shoal.config import ConfigError, load_config
+    from shoal.core.config import ConfigError, load_config
     from shoal.train import train
 
     cfg = load_config("cartpole", ["--train.processes", "2", "--run.dir", str(tmp_path)])

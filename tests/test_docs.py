@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.cli import build_parser, main, split_config_flags
-from shoal.config import CONFIG_DIR, ConfigError, load_config
+from shoal.cli import build_parser, main
+from shoal.core.config import CONFIG_DIR, ConfigError, load_config, split_config_flags
 from shoal.train.trainer import validate
 
 ROOT = Path(__file__).resolve().parent.parent

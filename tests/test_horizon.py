@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from shoal.config import ConfigError, load_config
+from shoal.core.config import ConfigError, load_config
 from shoal.train import train
 from shoal.train.horizon import (
     MIN_STD,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from shoal.config import PolicyConfig, load_config
+from shoal.core.config import PolicyConfig, load_config
 from shoal.mup import (
     coord_check,
     lr_scales,

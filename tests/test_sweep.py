@@ -8,7 +8,7 @@ import numpy as np
 import optuna
 import pytest
 
-from shoal.config import Config, ConfigError, load_config
+from shoal.core.config import Config, ConfigError, load_config
 from shoal.sweep.pareto import collect_observations, front_score_at, hypervolume_2d, pareto_front
 from shoal.sweep.sampler import ParetoSampler, make_sampler
 from shoal.sweep.space import DEFAULT_SPACE, SearchSpace, SpaceError, make_param, space_from_config

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from shoal.config import Config, load_config
+from shoal.core.config import Config, load_config
 from shoal.sweep.cli import main
 from shoal.sweep.runner import SweepError, SweepSettings, _TrialMonitor, run_sweep
 from shoal.sweep.storage import WORKER_ATTR, open_storage

@@ -17,7 +17,7 @@ from rich.console import Console
 
 import shoal
 import shoal.train.rollout as rollout
-from shoal.config import Config, ConfigError, load_config
+from shoal.core.config import Config, ConfigError, load_config
 from shoal.policy import Policy, sample_actions
 from shoal.train import threads, train
 from shoal.train.dashboard import RichDashboard
@@ -309,7 +309,7 @@ def test_config_key_is_validated():
 
 SPIN_PROBE = """
 import json, os, sys, time
-from shoal.config import load_config
+from shoal.core.config import load_config
 from shoal.cli import prepare_threads
 cfg = load_config("cartpole", ["--train.omp-wait-policy", sys.argv[1]])
 assert "torch" not in sys.modules
@@ -502,7 +502,7 @@ def test_dashboard_says_when_the_wait_policy_is_not_the_one_asked():
 
 
 def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it_natively(monkeypatch):
-    from shoal.train import trainer
+    from shoal.core import hardware
 
     cpu = torch.device("cpu")
     for flags, expected in (
@@ -511,19 +511,19 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it_natively(mo
         ({"avx2", "avx512f", "avx512bw"}, "float32"),  # AVX-512 without BF16: emulated
         (set(), "float32"),  # no /proc/cpuinfo (not Linux)
     ):
-        monkeypatch.setattr(trainer, "cpu_flags", lambda flags=flags: flags)
-        assert trainer.resolve_precision("auto", cpu) == expected, flags
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        assert hardware.resolve_precision("auto", cpu) == expected, flags
         # An explicit choice is kept whatever the CPU.
-        assert trainer.resolve_precision("float32", cpu) == "float32"
-        assert trainer.resolve_precision("bfloat16", cpu) == "bfloat16"
+        assert hardware.resolve_precision("float32", cpu) == "float32"
+        assert hardware.resolve_precision("bfloat16", cpu) == "bfloat16"
 
 
 def test_training_reports_the_precision_auto_chose(tmp_path, monkeypatch):
-    from shoal.train import trainer
+    from shoal.core import hardware
 
-    monkeypatch.setattr(trainer, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
     result = train(small_config(tmp_path, "--train.precision", "auto", "--train.total-steps", "1024"))
     assert {m["precision"] for m in result.history} == {"float32"}
-    monkeypatch.setattr(trainer, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512_bf16"})
     result = train(small_config(tmp_path, "--train.precision", "auto", "--train.total-steps", "1024"))
     assert {m["precision"] for m in result.history} == {"bfloat16"}

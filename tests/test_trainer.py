@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from shoal.config import ConfigError, load_config
+from shoal.core.config import ConfigError, load_config
 from shoal.policy import Policy
 from shoal.train import load_agent, train
 from shoal.train.learner import Learner, prioritized_sample

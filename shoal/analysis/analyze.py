@@ -12,7 +12,7 @@ import pandas as pd
 from shoal.analysis import stats
 from shoal.analysis.report import Report
 from shoal.analysis.sweeps import Sweep
-from shoal.fileio import write_text_atomic
+from shoal.core.fileio import write_text_atomic
 
 
 @dataclass

@@ -287,7 +287,7 @@ def reproduce_main(argv: list[str], train_fn: Callable[..., Any] | None = None) 
     if isinstance(args, int):
         return args
     from shoal.analysis.reproduce import plan_jobs, reproduce, resolve_train_fn
-    from shoal.config import ConfigError
+    from shoal.core.config import ConfigError
 
     console = _console()
     try:

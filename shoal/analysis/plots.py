@@ -18,7 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, NullLoc
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution  # noqa: E402
 
 from shoal.analysis.stats import config_label, pareto_front, reproduction_summary  # noqa: E402
-from shoal.fileio import write_atomic  # noqa: E402
+from shoal.core.fileio import write_atomic  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from shoal.fileio import write_text_atomic
+from shoal.core.fileio import write_text_atomic
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;

@@ -81,7 +81,7 @@ def pick_seeds(count: int, used: set[int]) -> list[int]:
 
 def load_config_file(path: str | Path, sweep: Sweep) -> dict[str, Any]:
     """A config to re-run: a config.json of a run, or a TOML file layered on the sweep's base config."""
-    from shoal.config import from_dict, load_config, load_toml, merge_dict
+    from shoal.core.config import from_dict, load_config, load_toml, merge_dict
 
     path = Path(path)
     if not path.exists():
@@ -161,7 +161,7 @@ def _nan(value: Any) -> bool:
 
 def job_config(job: Job, sweep_name: str, workers: int) -> Any:
     """The Config of one re-run: the source config with the new seed and its own run name."""
-    from shoal.config import from_dict
+    from shoal.core.config import from_dict
 
     cfg = from_dict(job.config)
     cfg.train.seed = job.seed

@@ -110,8 +110,8 @@ def lookup_dotted(config: dict[str, Any], dotted: str) -> Any:
 
 
 def param_defaults(names: list[str], base_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Default value of each parameter: the sweep's base_config, else shoal.config's defaults."""
-    from shoal.config import Config
+    """Default value of each parameter: the sweep's base_config, else shoal.core.config's defaults."""
+    from shoal.core.config import Config
 
     fallback = Config().to_dict()
     defaults: dict[str, Any] = {}

@@ -233,7 +233,7 @@ class Sweep:
         config = trial.user_attrs.get("config")
         if isinstance(config, dict) and config:
             return config
-        from shoal.config import from_dict, load_config, set_key
+        from shoal.core.config import from_dict, load_config, set_key
 
         cfg = from_dict(self.base_config) if self.base_config else load_config(self.env or None)
         for key, value in trial.params.items():

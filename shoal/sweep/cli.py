@@ -9,7 +9,7 @@ import optuna
 from rich.console import Console
 from rich.text import Text
 
-from shoal.config import ConfigError, _flatten_sweep, load_config, load_toml
+from shoal.core.config import ConfigError, _flatten_sweep, load_config, load_toml
 from shoal.sweep.progress import LiveProgress, front_table
 from shoal.sweep.runner import SweepError, SweepSettings, run_sweep
 from shoal.sweep.sampler import SAMPLERS

@@ -32,7 +32,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from shoal.config import Config, from_dict, set_key
+from shoal.core.config import Config, from_dict, set_key
 from shoal.sweep.pareto import front_score_at, pareto_front, trial_points
 from shoal.sweep.sampler import SAMPLERS, finished_states, make_sampler
 from shoal.sweep.space import SearchSpace, space_from_config

@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna.distributions as od
 
-from shoal.config import Config, ConfigError, _section_fields, all_keys
+from shoal.core.config import Config, ConfigError, _section_fields, all_keys
 
 DISTRIBUTIONS = ("uniform", "int_uniform", "log", "logit", "pow2")
 SPEC_FIELDS = ("distribution", "min", "max", "mean", "scale")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from shoal.config import Config
+from shoal.core.config import Config
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import gymnasium
 import numpy as np
 import torch
 
-from shoal.config import Config, from_dict
-from shoal.fileio import write_atomic
+from shoal.core.config import Config, from_dict
+from shoal.core.fileio import write_atomic
 from shoal.policy import Policy, make_policy, sample_actions
 from shoal.train.horizon import head_lags
 

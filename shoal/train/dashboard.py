@@ -23,7 +23,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from shoal.config import Config
+from shoal.core.config import Config
 
 # Keys the trainer may use for the adaptive advantage horizon (shown when present).
 TIME_PHASES = (

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from shoal.config import ConfigError
+from shoal.core.config import ConfigError
 
 TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR")
 # Env seeds of rank r start at seed + r * RANK_SEED_STRIDE: far enough apart that the per-env

@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from shoal.config import Config, ConfigError
+from shoal.core.config import Config, ConfigError
 
 # Keys divided among the processes; each must be a multiple of train.processes.
 SPLIT_KEYS = (

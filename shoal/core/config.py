@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class ConfigError(ValueError):
@@ -494,3 +494,27 @@ def load_config(
 def env_file_stem(env_name: str) -> str:
     """'breakout' -> 'breakout'; 'gym:CartPole-v1' -> 'gym_CartPole-v1'."""
     return env_name.replace(":", "_").replace("/", "_")
+
+
+def split_config_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate dotted config flags (--train.learning-rate 3e-4) from the command's own arguments.
+
+    They are taken out before argparse sees the line, so values such as '-1' or '1e-3' reach
+    the config untouched and argparse never guesses at abbreviations of them.
+    """
+    regular: list[str] = []
+    dotted: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if arg.startswith("--") and "." in name:
+            dotted.append(arg)
+            has_value = "=" in arg
+            if not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                dotted.append(argv[i + 1])
+                i += 1
+        else:
+            regular.append(arg)
+        i += 1
+    return regular, dotted
