@@ -7,10 +7,11 @@ Variants per env:
 - ``gae``: the env's own config (configs/<env>.toml), tuned for GAE;
 - ``gae_geo``: GAE with the adaptive variants' rollout geometry (below), which separates the
   effect of the advantage from that of the geometry;
-- ``ah64`` / ``ah256``: the same config with ``train.advantage = "adaptive_horizon"`` and
-  ``train.max_horizon`` 64 / 256. Lags past the rollout's steps per agent are never observed, so
-  both adaptive variants use a rollout of at least 256 steps per agent (fewer envs, same batch
-  size) — the same geometry for both, so K is the only difference between them.
+- ``ah64`` / ``ah256``: the same config with ``train.advantage = "adaptive_horizon"`` (the
+  estimator of shoal/train/horizon.py) and ``train.max_horizon`` 64 / 256. Lags past the
+  rollout's steps per agent are never observed, so both adaptive variants use a rollout of at
+  least 256 steps per agent (fewer envs, same batch size) — the same geometry for both, so K is
+  the only difference between them.
 
 Every run trains with ``shoal.train.train`` for a fixed number of agent steps (no early stop),
 seeds interleaved (seed 0 of every variant, then seed 1, ...) so that machine noise falls on all
@@ -32,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +168,9 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
                     ok = np.isfinite(scores)
                     ys.append(np.interp(grid, xs[ok], scores[ok], left=np.nan) if ok.any() else grid * np.nan)
                 ys = np.array(ys)
-                with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
-                    __import__("warnings").simplefilter("ignore", RuntimeWarning)
+                # Grid points before a seed's first finite score are NaN in its row.
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
                     median = np.nanmedian(ys, axis=0)
                     low, high = np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
                 ax.plot(grid, median, color=colors[variant], label=f"{labels[variant]} ({len(group)} seeds)")

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,8 +47,8 @@ from shoal.core.fileio import write_atomic  # noqa: E402
 # of the 500 cap (at 50k steps several settings tie at 500 and the "best" one is arbitrary).
 # Breakout uses its own config (obs_norm, GELU MLP, no LSTM) with a second, hidden encoder layer,
 # so that muP's hidden-matrix rule is exercised too (one layer has only the input and the
-# heads), at a batch small enough for a 1.5M-step run to learn on one CPU thread: at lr 1e-2
-# and width 64 it scores ~20-30 (random play ~1-2).
+# heads), at a batch small enough for a 1.5M-step run to learn on one CPU thread (docs/mup.md
+# has what it scores).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cartpole": {
         "full": {"flags": ["--train.total-steps", "30000"],
@@ -260,27 +260,7 @@ def plot(summary: dict[str, Any], path: Path, base_width: int | None = None) -> 
             widths = list(data["mean_score"])
             colors = plt.cm.viridis(np.linspace(0, 0.85, len(widths)))
             for color, w in zip(colors, widths, strict=True):
-                seeds = {float(lr): s for lr, s in data["seed_scores"][w].items()}
-                xs = sorted(seeds)
-                mean = [float(np.mean(seeds[x])) if all(math.isfinite(v) for v in seeds[x]) else np.nan
-                        for x in xs]
-                sem = [float(np.std(seeds[x], ddof=1) / math.sqrt(len(seeds[x])))
-                       if len(seeds[x]) > 1 and math.isfinite(m) else np.nan
-                       for x, m in zip(xs, mean, strict=True)]
-                lo = [m - e for m, e in zip(mean, sem, strict=True)]
-                hi = [m + e for m, e in zip(mean, sem, strict=True)]
-                label = f"width {w}" + (" (base)" if base_width is not None and int(w) == base_width else "")
-                ax.plot(xs, mean, marker="o", ms=4, color=color, lw=2 if label.endswith("(base)") else 1.5,
-                        label=label)
-                ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
-                for x in xs:
-                    ok = [v for v in seeds[x] if math.isfinite(v)]
-                    ax.scatter([x] * len(ok), ok, s=6, color=color, alpha=0.6, lw=0)
-                    if len(ok) < len(seeds[x]):
-                        ax.scatter([x], [low], marker="x", s=30, color=color)
-                best = data["best_lr"][w]
-                ax.scatter([best], [data["mean_score"][w][repr(best)]], marker="*", s=160, color=color,
-                           edgecolor="black", lw=0.6, zorder=5)
+                _plot_width(ax, data, w, color, low, base_width is not None and int(w) == base_width)
             ax.set_xscale("log")
             ax.set_xlabel("learning rate (base)")
             ax.set_ylabel("score (mean of last quarter of epochs)")
@@ -295,6 +275,29 @@ def plot(summary: dict[str, Any], path: Path, base_width: int | None = None) -> 
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+
+
+def _plot_width(ax: Any, data: dict[str, Any], w: str, color: Any, low: float, is_base: bool) -> None:
+    """One width's curve in a panel of `plot`; a diverged seed is an x at `low`."""
+    seeds = {float(lr): s for lr, s in data["seed_scores"][w].items()}
+    xs = sorted(seeds)
+    mean = [float(np.mean(seeds[x])) if all(math.isfinite(v) for v in seeds[x]) else np.nan for x in xs]
+    sem = [float(np.std(seeds[x], ddof=1) / math.sqrt(len(seeds[x])))
+           if len(seeds[x]) > 1 and math.isfinite(m) else np.nan
+           for x, m in zip(xs, mean, strict=True)]
+    lo = [m - e for m, e in zip(mean, sem, strict=True)]
+    hi = [m + e for m, e in zip(mean, sem, strict=True)]
+    label = f"width {w}" + (" (base)" if is_base else "")
+    ax.plot(xs, mean, marker="o", ms=4, color=color, lw=2 if is_base else 1.5, label=label)
+    ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
+    for x in xs:
+        ok = [v for v in seeds[x] if math.isfinite(v)]
+        ax.scatter([x] * len(ok), ok, s=6, color=color, alpha=0.6, lw=0)
+        if len(ok) < len(seeds[x]):
+            ax.scatter([x], [low], marker="x", s=30, color=color)
+    best = data["best_lr"][w]
+    ax.scatter([best], [data["mean_score"][w][repr(best)]], marker="*", s=160, color=color,
+               edgecolor="black", lw=0.6, zorder=5)
 
 
 def _list(kind: type, text: str) -> list:
@@ -319,7 +322,7 @@ def load_runs(path: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-sized sweep (short runs, 4 LRs, 2 seeds)")
     parser.add_argument("--envs", default="cartpole,breakout",
@@ -338,8 +341,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the runs already in OUT/runs.jsonl (same env, flags, parametrization, "
                              "width, lr, seed and base width) and run only the missing ones; with nothing "
                              "missing this only rewrites the summary and the plot")
-    args = parser.parse_args(argv)
+    return parser
 
+
+class Sweep(NamedTuple):
+    """What `main` was asked to run: per env its flags, lrs and seeds, and every run's KEY."""
+
+    size: str
+    envs: list[str]
+    widths: list[int]
+    plan: dict[str, dict[str, Any]]
+    todo: list[tuple]
+
+
+def _sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sweep:
     size = "quick" if args.quick else "full"
     widths = sorted(args.widths or WIDTHS)
     envs = [e for e in args.envs.split(",") if e]
@@ -367,26 +382,28 @@ def main(argv: list[str] | None = None) -> int:
         for width in widths
         for lr in plan[env]["lrs"]
     ]
+    return Sweep(size, envs, widths, plan, todo)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "runs.jsonl"
+
+def _recorded(log_path: Path, sweep: Sweep, base_width: int, resume: bool) -> dict[tuple, dict[str, Any]]:
+    """The runs of `sweep` already in runs.jsonl, by KEY; without `resume` the log starts over."""
     done: dict[tuple, dict[str, Any]] = {}
-    if args.resume:
+    if resume:
         for r in load_runs(log_path):
-            same = r.get("flags") == plan.get(r["env"], {}).get("flags")
-            if same and r.get("base_width") == args.base_width:
+            same = r.get("flags") == sweep.plan.get(r["env"], {}).get("flags")
+            if same and r.get("base_width") == base_width:
                 done[tuple(r[k] for k in KEY)] = r
     else:
         log_path.unlink(missing_ok=True)
-    runs = [done[key] for key in todo if key in done]
-    missing = [key for key in todo if key not in done]
-    print(f"{len(todo)} runs ({len(runs)} already done): envs {envs}, widths {widths}, "
-          + "; ".join(f"{e}: lrs {plan[e]['lrs']}, {plan[e]['seeds']} seeds" for e in envs)
-          + f"; base width {args.base_width}, {size} size, 1 torch thread", flush=True)
+    return done
+
+
+def _run_missing(missing: list[tuple], sweep: Sweep, base_width: int, log_path: Path) -> list[dict[str, Any]]:
+    """Train the runs not recorded yet, appending each to runs.jsonl as it finishes."""
+    runs = []
     started = time.perf_counter()
     for n, (env, p, width, lr, seed) in enumerate(missing, 1):
-        run = run_one(env, plan[env]["flags"], p, width, args.base_width, lr, seed)
+        run = run_one(env, sweep.plan[env]["flags"], p, width, base_width, lr, seed)
         runs.append(run)
         with open(log_path, "a") as f:
             f.write(json.dumps(run) + "\n")
@@ -394,11 +411,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{n}/{len(missing)} {elapsed:.0f}s] {env} {p} width {width} "
               f"lr {lr:g} seed {seed}: score {run['score']:.4g} ({run['seconds']:.1f}s)"
               + (f" failed: {run['error']}" if run["error"] else ""), flush=True)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    sweep = _sweep(parser, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "runs.jsonl"
+    done = _recorded(log_path, sweep, args.base_width, args.resume)
+    runs = [done[key] for key in sweep.todo if key in done]
+    missing = [key for key in sweep.todo if key not in done]
+    print(f"{len(sweep.todo)} runs ({len(runs)} already done): envs {sweep.envs}, widths {sweep.widths}, "
+          + "; ".join(f"{e}: lrs {sweep.plan[e]['lrs']}, {sweep.plan[e]['seeds']} seeds" for e in sweep.envs)
+          + f"; base width {args.base_width}, {sweep.size} size, 1 torch thread", flush=True)
+    runs += _run_missing(missing, sweep, args.base_width, log_path)
     summary = summarize(runs, args.base_width)
     print_tables(summary, runs)
     payload = {
-        "settings": {"envs": envs, "widths": widths, "plan": plan, "base_width": args.base_width,
-                     "size": size, "torch_threads": 1, "env_threads": 1,
+        "settings": {"envs": sweep.envs, "widths": sweep.widths, "plan": sweep.plan,
+                     "base_width": args.base_width, "size": sweep.size, "torch_threads": 1, "env_threads": 1,
                      "score": "mean episode score over the last quarter of epochs"},
         "summary": summary,
         "runs": [{k: v for k, v in r.items() if k not in ("flags", "base_width")} for r in runs],

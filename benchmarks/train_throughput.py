@@ -3,10 +3,8 @@
     python benchmarks/train_throughput.py                                  # default + lstm128 settings
     python benchmarks/train_throughput.py --settings default --busy 1      # also with one core taken
     python benchmarks/train_throughput.py --settings lstm128 --precisions bfloat16 float32
-    python benchmarks/train_throughput.py --settings default --overlap off on --rounds 2
     python benchmarks/train_throughput.py --settings default --torch-threads 1 2 --busy 1 --rounds 2
     python benchmarks/train_throughput.py --settings lstm128 --alternate-threads 2 1 --busy 1 --epochs 9
-    python benchmarks/train_throughput.py --rollout-ab --settings default lstm128 --busy 1   # overlap A/B
     python benchmarks/train_throughput.py --batch-sizes 262144 524288      # custom: precision x batch
     python benchmarks/train_throughput.py --num-envs 256 --batch-sizes 16384 --epochs 3   # quick check
     python benchmarks/train_throughput.py --settings lstm128 -- --train.compile true      # compiled
@@ -50,7 +48,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +136,10 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
         args.hidden_sizes or [None],
         args.compile or [None],
         out,
-        args.overlap,
         args.torch_threads,
         args.processes,
     )
-    for env, hidden, compiled, s, overlap, threads, processes in grid:
+    for env, hidden, compiled, s, threads, processes in grid:
         extra = []
         if compiled is not None:
             extra += ["--train.compile", "true" if compiled == "on" else "false"]
@@ -154,7 +150,6 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
                 **s,
                 "env": env,
                 "overrides": s["overrides"] + extra,
-                "overlap": overlap == "on",
                 "torch_threads": threads,
                 "processes": processes,
             }
@@ -181,7 +176,6 @@ def run_setting(
         "--run.log-interval", "1000000",
         "--train.checkpoint-interval", "1000000",
         "--train.omp-wait-policy", args.omp_wait_policy,
-        "--train.overlap", "true" if spec["overlap"] else "false",
         "--train.torch-threads", threads_flag,
         "--train.processes", str(spec.get("processes", 1)),
         *spec["overrides"],
@@ -233,7 +227,6 @@ def run_setting(
         "hidden_size": cfg.policy.hidden_size,
         "num_envs": cfg.env.num_envs,
         "processes": cfg.train.processes,
-        "overlap": cfg.train.overlap,
         "torch_threads": "/".join(map(str, threads)) if args.alternate_threads else last.get("torch_threads"),
         "env_threads": last.get("env_threads"),
         "omp_wait_policy": last.get("omp_wait_policy"),
@@ -255,7 +248,7 @@ def run_setting(
             if not chosen:
                 continue
             summary = {"epochs_measured": len(chosen), "sps": statistics.mean(m["sps"] for m in chosen)}
-            for key in (*PHASES, "time_env_hidden"):
+            for key in PHASES:
                 summary[key] = statistics.mean(float(m.get(key, 0.0)) for m in chosen)
             target[condition] = summary
         if "undisturbed" in target and "busy" in target:
@@ -299,101 +292,6 @@ def worker(job_path: str, result_path: str) -> int:
     return 0
 
 
-def rollout_ab(
-    spec: dict[str, Any], args: argparse.Namespace, flags: list[str], busy: BusyCores | None
-) -> dict[str, Any]:
-    """Rollouts only, overlap off and on alternating in one process (ABBA...): seconds per
-    collect of one epoch's batch, undisturbed and (with --busy) busy."""
-    import functools
-
-    import torch
-
-    from shoal.core.hardware import resolve_precision
-    from shoal.policy import make_policy
-    from shoal.train.rollout import Collector, RolloutBuffer
-    from shoal.train.trainer import configure_threads, make_env
-
-    threads = ["--train.torch-threads", str(spec["torch_threads"])]
-    cfg = load_config(spec["env"], [*spec["overrides"], *threads, *flags])
-    info = configure_threads(cfg.train.torch_threads, args.omp_wait_policy)
-    device = torch.device("cpu")
-    envs = {}
-    for mode in ("off", "on"):
-        c = cfg.copy()
-        c.train.overlap = mode == "on"
-        envs[mode] = make_env(c)
-    env = envs["off"]
-    policy = make_policy(env.single_observation_space, env.single_action_space, cfg.policy).to(device)
-    policy.eval()
-    autocast = None
-    if resolve_precision(cfg.train.precision, device) == "bfloat16":
-        autocast = functools.partial(torch.autocast, device_type="cpu", dtype=torch.bfloat16)
-    steps = cfg.train.batch_size // env.num_agents
-    collectors, obs = {}, {}
-    for mode, e in envs.items():
-        buf = RolloutBuffer(
-            e.num_agents, steps, cfg.train.bptt_horizon, policy.obs_size, e.single_observation_space.dtype,
-            policy.spec.dims, False, cfg.policy.hidden_size if cfg.policy.lstm else 0, device,
-        )  # fmt: skip
-        collectors[mode] = Collector(
-            e, policy, buf, device, cfg.train.gamma, autocast=autocast, reward_clip=cfg.train.reward_clip,
-            overlap=mode == "on",
-        )  # fmt: skip
-        obs[mode] = e.reset()[0]
-    conditions = ["undisturbed", "busy"] if busy is not None else ["undisturbed"]
-    times: dict[str, dict[str, list]] = {c: {"off": [], "on": []} for c in conditions}
-    phases: dict[str, dict[str, list]] = {c: {"off": [], "on": []} for c in conditions}
-    try:
-        for mode in ("off", "on"):  # warm-up
-            obs[mode] = collectors[mode].collect(obs[mode])
-        for rep in range(args.rollout_reps):
-            for condition in conditions:
-                if busy is not None:
-                    (busy.on if condition == "busy" else busy.off)()
-                for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
-                    col = collectors[mode]
-                    col.times.reset()
-                    t0 = time.perf_counter()
-                    obs[mode] = col.collect(obs[mode])
-                    times[condition][mode].append(time.perf_counter() - t0)
-                    phases[condition][mode].append((col.times.env, col.times.inference, col.times.copy))
-    finally:
-        if busy is not None:
-            busy.off()
-        for e in envs.values():
-            e.close()
-    result: dict[str, Any] = {"spec": {k: v for k, v in spec.items() if k != "overrides"}, **info}
-    for condition in conditions:
-        entry = {}
-        for mode in ("off", "on"):
-            t = statistics.median(times[condition][mode])
-            split = phases[condition][mode]
-            env_t, inf_t, copy_t = (statistics.median(x[i] for x in split) for i in range(3))
-            entry[mode] = {"seconds": t, "sps": cfg.train.batch_size / t, "env": env_t, "inference": inf_t,
-                           "copy": copy_t, "all": times[condition][mode]}
-        entry["on_over_off_sps"] = entry["off"]["seconds"] / entry["on"]["seconds"]
-        result[condition] = entry
-    return result
-
-
-def print_rollout_ab(row: dict[str, Any], spec: dict[str, Any], reps: int) -> None:
-    print(
-        f"rollout A/B {spec['setting']} {spec['precision'] or ''} torch threads {row['torch_threads']} "
-        f"OMP wait {row['omp_wait_policy']} (median of {reps} collects each, alternating):"
-    )
-    for condition in ("undisturbed", "busy"):
-        if condition not in row:
-            continue
-        for mode in ("off", "on"):
-            e = row[condition][mode]
-            print(
-                f"  {condition:11s} overlap {mode:3s}: {e['sps']:>9.0f} steps/s ({e['seconds']:.3f}s) | "
-                f"env {e['env']:.3f}s inference {e['inference']:.3f}s copy {e['copy']:.3f}s"
-            )
-        ratio = row[condition]["on_over_off_sps"]
-        print(f"  {condition:11s} overlap on/off steps/s: {ratio:.3f}", flush=True)
-
-
 def print_figures(row: dict[str, Any], busy: int) -> None:
     parts = [("", row)]
     if "by_threads" in row:
@@ -422,12 +320,11 @@ def describe(row: dict[str, Any]) -> str:
     model = f"lstm{row['hidden_size']}" if row["lstm"] else f"mlp{row['hidden_size']}"
     return (
         f"{row['env']} {row['setting']} ({model}, {row['precision']}, batch {row['batch_size']}, minibatch "
-        f"{row['minibatch_size']}, {row['update_epochs']} update epoch(s), {row['num_envs']} envs, "
-        f"overlap {'on' if row['overlap'] else 'off'}) | "
+        f"{row['minibatch_size']}, {row['update_epochs']} update epoch(s), {row['num_envs']} envs) | "
         f"{str(row['processes']) + ' processes x ' if row.get('processes', 1) > 1 else ''}"
         f"torch threads {row['torch_threads']}"
         f"{' (tuned; rollout/update per epoch: ' + tuned(row) + ')' if row.get('threads_tuned') else ''}, "
-        f"env threads {row['env_threads']}{' x 2 halves' if row['overlap'] else ''}, "
+        f"env threads {row['env_threads']}, "
         f"OMP wait {row['omp_wait_policy']} | device {row['device']}"
         f"{' cuda graph' if row['device'].startswith('cuda') and row['cuda_graph'] else ''}"
         f"{', compiled (' + row['compile_mode'] + ')' if row['compile'] else ''}"
@@ -467,16 +364,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs per run, the first dropped (default: 2 of each condition + 1)")
     parser.add_argument("--busy", type=int, default=0, metavar="N",
                         help="alternate epochs with N cores kept busy by other processes")
-    parser.add_argument("--overlap", nargs="+", choices=["off", "on"], default=["off"])
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[0],
                         help="train.torch_threads values to compare (0 = automatic)")
     parser.add_argument("--alternate-threads", nargs="+", type=int, default=None, metavar="N",
                         help="switch torch threads between these counts epoch by epoch in one run")
     parser.add_argument("--omp-wait-policy", choices=thread_setup.WAIT_POLICIES, default="auto")
     parser.add_argument("--rounds", type=int, default=1, help="run every setting this many times, in turn")
-    parser.add_argument("--rollout-ab", action="store_true",
-                        help="time rollouts only, overlap off vs on alternating in one process")
-    parser.add_argument("--rollout-reps", type=int, default=6, help="collects per mode with --rollout-ab")
     parser.add_argument("--processes", nargs="+", type=int, default=[1],
                         help="train.processes values to compare (data-parallel processes; the envs, "
                         "batch and minibatch are split between them)")
@@ -490,8 +383,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--processes must be >= 1")
     if args.alternate_threads and max(args.processes) > 1:
         parser.error("--alternate-threads switches one process's threads; it can't take --processes > 1")
-    if args.rollout_ab and max(args.processes) > 1:
-        parser.error("--rollout-ab times one process's rollouts; it can't take --processes > 1")
     if args.settings is None:
         args.settings = ["custom"] if args.batch_sizes else ["default", "lstm128"]
     if not args.epochs:
@@ -505,25 +396,6 @@ def main(argv: list[str] | None = None) -> int:
 
     specs = settings(args)
     busy = BusyCores(args.busy) if args.busy else None
-    if args.rollout_ab:
-        seen, rows = set(), []
-        try:
-            for spec in specs:
-                key = (spec["setting"], spec["precision"], spec["batch_size"], spec["torch_threads"])
-                if key in seen:
-                    continue
-                seen.add(key)
-                row = rollout_ab(spec, args, flags, busy)
-                rows.append(row)
-                print_rollout_ab(row, spec, args.rollout_reps)
-        finally:
-            if busy is not None:
-                busy.close()
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"rollout_ab": rows, "busy_processes": args.busy}, indent=1) + "\n")
-        print(f"wrote {out}")
-        return 0
     rows = []
     print(f"cpu cores available {thread_setup.available_cores()}, load average {os.getloadavg()[0]:.2f}, "
           f"busy processes {args.busy}", flush=True)

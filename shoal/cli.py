@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from shoal.core.checks import positive_arg
 from shoal.core.config import split_config_flags
+
+if TYPE_CHECKING:
+    from shoal.core.config import Config
+    from shoal.core.contract import VecEnv
+    from shoal.render import GifWriter, TerminalPlayer
+    from shoal.train.checkpoint import Agent
 
 PROG = "shoal"
 
@@ -25,7 +33,11 @@ PASSTHROUGH: dict[str, tuple[str, str, str]] = {
     "analyze": ("shoal.analysis.cli", "analyze_main", "summarize a sweep: fronts, tables, importance, plots"),
     "reproduce": ("shoal.analysis.cli", "reproduce_main", "re-run sweep trials or a config over seeds"),
     "compare": ("shoal.analysis.cli", "compare_main", "compare the learning curves of runs"),
-    "mup-check": ("shoal.mup", "mup_check_main", "muP coordinate check: activation sizes across widths"),
+    "mup-check": (
+        "shoal.analysis.coord_check",
+        "coord_check_main",
+        "muP coordinate check: activation sizes across widths",
+    ),
 }
 
 FLAGS_HELP = """\
@@ -49,7 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_train_parser(commands)
+    add_eval_parser(commands)
+    add_envs_parser(commands)
+    add_config_parser(commands)
+    for name, (_, _, help_text) in PASSTHROUGH.items():
+        # Listed for --help only; main() hands these commands their arguments untouched.
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
 
+
+def add_train_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train = commands.add_parser(
         "train",
         help="train an agent",
@@ -72,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--wandb", action="store_true", help="log metrics to Weights & Biases")
     train.set_defaults(func=cmd_train, takes_flags=True)
 
+
+def add_eval_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evaluate = commands.add_parser(
         "eval",
         help="play episodes with a trained agent (terminal or GIF)",
@@ -86,16 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="model.pt or checkpoint.pt of a run, or the run folder",
     )
-    evaluate.add_argument("--episodes", type=int, default=5, metavar="N", help="episodes to play (default 5)")
+    evaluate.add_argument(
+        "--episodes", type=positive_arg(int), default=5, metavar="N", help="episodes to play (default 5)"
+    )
     evaluate.add_argument("--gif", metavar="OUT.gif", help="write the frames to an animated GIF")
     evaluate.add_argument("--deterministic", action="store_true", help="take the most likely action")
     evaluate.add_argument(
-        "--fps", type=float, default=15.0, metavar="F", help="frames per second (default 15)"
+        "--fps", type=positive_arg(float), default=15.0, metavar="F", help="frames per second (default 15)"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="env seed (default 0)")
     evaluate.add_argument(
         "--max-steps",
-        type=int,
+        type=positive_arg(int),
         default=100_000,
         metavar="N",
         help="stop after N steps even if episodes are unfinished (default 100000)",
@@ -103,11 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-render", action="store_true", help="don't draw frames in the terminal")
     evaluate.set_defaults(func=cmd_eval, takes_flags=True)
 
+
+def add_envs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     envs = commands.add_parser(
         "envs", help="list the environments and their options", description="List the environments."
     )
     envs.set_defaults(func=cmd_envs, takes_flags=False)
 
+
+def add_config_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = commands.add_parser(
         "config",
         help="print the resolved config as TOML",
@@ -120,11 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", metavar="FILE", help="a TOML file applied over the env's defaults")
     config.add_argument("-o", "--output", metavar="FILE", help="write the TOML to FILE instead of stdout")
     config.set_defaults(func=cmd_config, takes_flags=True)
-
-    for name, (_, _, help_text) in PASSTHROUGH.items():
-        # Listed for --help only; main() hands these commands their arguments untouched.
-        commands.add_parser(name, help=help_text, add_help=False)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,11 +230,13 @@ def env_errors_as_usage() -> Iterator[None]:
 
 def check_env(name: str, options: dict[str, Any]) -> None:
     """Fail fast, as a usage error, on an env name or option the env would reject later."""
-    import shoal
+    from shoal.core.names import is_emulated
 
     with env_errors_as_usage():
-        if name.startswith(("gym:", "pettingzoo:")):
-            shoal.make(name, num_envs=1, seed=0, **options).close()
+        if is_emulated(name):
+            from shoal.envs.registry import make
+
+            make(name, num_envs=1, seed=0, **options).close()
         else:
             from shoal.envs.native import resolve_options
 
@@ -335,20 +362,28 @@ def print_train_summary(cfg: Any, result: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    import math
-
-    import numpy as np
-
-    from shoal.core.config import parse_overrides, set_key
-
-    if args.episodes < 1:
-        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
-    if args.fps <= 0:
-        raise UsageError(f"--fps must be positive, got {args.fps}")
-    if args.max_steps < 1:
-        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
-    import shoal
+    agent, cfg = load_eval_agent(args, overrides)
+    from shoal.envs.registry import make
     from shoal.render import GifWriter, TerminalPlayer
+
+    with env_errors_as_usage():
+        env = make(args.env, num_envs=1, seed=args.seed, num_threads=1, **cfg.env.options)
+    gif = GifWriter() if args.gif else None
+    player = None
+    if not args.gif and not args.no_render and sys.stdout.isatty():
+        player = TerminalPlayer(sys.stdout)
+    try:
+        scores, returns = play_episodes(args, env, agent, gif, player)
+    finally:
+        env.close()
+        if player is not None:
+            player.close()
+    return report_eval(args, gif, scores, returns)
+
+
+def load_eval_agent(args: argparse.Namespace, overrides: list[str]) -> tuple[Agent, Config]:
+    """The agent of --checkpoint and the config of the env it plays (its own, with `overrides`)."""
+    from shoal.core.config import parse_overrides, set_key
     from shoal.train.checkpoint import load_agent
 
     try:
@@ -360,53 +395,68 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         print(f"note: the checkpoint was trained on '{cfg.env.name}'; playing '{args.env}'", file=sys.stderr)
     for key, value in parse_overrides(overrides):
         set_key(cfg, key, value)
+    return agent, cfg
 
-    with env_errors_as_usage():
-        env = shoal.make(args.env, num_envs=1, seed=args.seed, num_threads=1, **cfg.env.options)
-    gif = GifWriter() if args.gif else None
-    player = None
-    if not args.gif and not args.no_render and sys.stdout.isatty():
-        player = TerminalPlayer(sys.stdout)
-    delay = 1.0 / args.fps
+
+def play_episodes(
+    args: argparse.Namespace,
+    env: VecEnv,
+    agent: Agent,
+    gif: GifWriter | None,
+    player: TerminalPlayer | None,
+) -> tuple[list[float], list[float]]:
+    """Step `env` with `agent` until --episodes have finished or --max-steps have passed; print
+    each finished episode. Returns the scores and returns of the finished episodes."""
+    import numpy as np
 
     scores: list[float] = []
     returns: list[float] = []
     steps = 0
-    try:
-        obs, _ = env.reset(seed=args.seed)
-        agent.reset(np.ones(env.num_agents, dtype=bool))
-        while len(scores) < args.episodes and steps < args.max_steps:
-            if gif is not None or player is not None:
-                frame = env.render()
-                if gif is not None:
-                    gif.add(frame)
-                if player is not None and isinstance(frame, str):
-                    started = time.perf_counter()
-                    player.show(frame, f"episode {len(scores) + 1}/{args.episodes}  step {steps}")
-                    time.sleep(max(0.0, delay - (time.perf_counter() - started)))
-            actions = agent.act(obs, deterministic=args.deterministic)
-            obs, _, terminals, truncations, _ = env.step(actions)
-            steps += 1
-            done = np.logical_or(terminals, truncations)
-            if done.any():
-                agent.reset(done)
-            log = env.log()
-            finished = int(log.get("episodes", 0)) if log else 0
-            if finished and player is not None:
-                player.detach()
-            for _ in range(finished):
-                scores.append(float(log["score"]))
-                returns.append(float(log.get("episode_return", math.nan)))
-                length = log.get("episode_length", math.nan)
-                print(
-                    f"episode {len(scores)}: score {scores[-1]:.4g}  return {returns[-1]:.4g}  "
-                    f"length {float(length):.0f}",
-                    flush=True,
-                )
-    finally:
-        env.close()
-        if player is not None:
-            player.close()
+    obs, _ = env.reset(seed=args.seed)
+    agent.reset(np.ones(env.num_agents, dtype=bool))
+    while len(scores) < args.episodes and steps < args.max_steps:
+        if gif is not None or player is not None:
+            draw_frame(
+                args, env.render(), gif, player, f"episode {len(scores) + 1}/{args.episodes}  step {steps}"
+            )
+        actions = agent.act(obs, deterministic=args.deterministic)
+        obs, _, terminals, truncations, _ = env.step(actions)
+        steps += 1
+        done = np.logical_or(terminals, truncations)
+        if done.any():
+            agent.reset(done)
+        log = env.log()
+        finished = int(log.get("episodes", 0)) if log else 0
+        if finished and player is not None:
+            player.detach()
+        for _ in range(finished):
+            scores.append(float(log["score"]))
+            returns.append(float(log.get("episode_return", math.nan)))
+            length = log.get("episode_length", math.nan)
+            print(
+                f"episode {len(scores)}: score {scores[-1]:.4g}  return {returns[-1]:.4g}  "
+                f"length {float(length):.0f}",
+                flush=True,
+            )
+    return scores, returns
+
+
+def draw_frame(
+    args: argparse.Namespace, frame: Any, gif: GifWriter | None, player: TerminalPlayer | None, status: str
+) -> None:
+    """Add the frame to the GIF, or show it in the terminal at --fps frames per second."""
+    if gif is not None:
+        gif.add(frame)
+    if player is not None and isinstance(frame, str):
+        started = time.perf_counter()
+        player.show(frame, status)
+        time.sleep(max(0.0, 1.0 / args.fps - (time.perf_counter() - started)))
+
+
+def report_eval(
+    args: argparse.Namespace, gif: GifWriter | None, scores: list[float], returns: list[float]
+) -> int:
+    import numpy as np
 
     if gif is not None and len(gif):
         out = gif.write(args.gif, fps=args.fps)
@@ -427,7 +477,7 @@ def cmd_envs(args: argparse.Namespace, overrides: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    import shoal
+    from shoal.envs.registry import list_envs
 
     specs: dict[str, Any] = {}
     try:
@@ -442,7 +492,7 @@ def cmd_envs(args: argparse.Namespace, overrides: list[str]) -> int:
     table.add_column("default", justify="right", no_wrap=True)
     table.add_column("range", no_wrap=True)
     table.add_column("description")
-    for name, description in shoal.list_envs():
+    for name, description in list_envs():
         table.add_row(f"[bold cyan]{name}[/]", "", "", description, end_section=name not in specs)
         options = getattr(specs.get(name), "options", ())
         for i, option in enumerate(options):

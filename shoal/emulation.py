@@ -26,7 +26,9 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from shoal.envs.native import Batch
+from shoal.core.checks import check_int, check_positive_int, check_seed
+from shoal.core.contract import Batch
+from shoal.core.episodes import EpisodeLog
 
 # ---------------------------------------------------------------------------------------------
 # Observation flattening
@@ -325,42 +327,30 @@ def check_actions(actions: Any, space: spaces.Space, num_agents: int) -> np.ndar
 
 
 class _EpisodeStats:
-    """Sums over finished episodes since the last `log()`; one running episode per agent row."""
+    """The running episode of every agent row; finished episodes go to one `EpisodeLog`."""
 
     def __init__(self, num_agents: int) -> None:
         self.returns = np.zeros(num_agents, dtype=np.float64)
         self.lengths = np.zeros(num_agents, dtype=np.int64)
-        self._score = self._return = self._length = 0.0
-        self._n = 0
+        self.finished = EpisodeLog()
 
     def finish(self, row: int, info: Mapping[str, Any] | None) -> None:
-        score = self.returns[row]
+        episode_return = float(self.returns[row])
+        score = episode_return
         if info and isinstance(info.get("score"), int | float | np.number):
             score = float(info["score"])
-        self._score += float(score)
-        self._return += float(self.returns[row])
-        self._length += float(self.lengths[row])
-        self._n += 1
+        self.finished.add({
+            "score": score,
+            "episode_return": episode_return,
+            "episode_length": float(self.lengths[row]),
+            "episodes": 1,
+        })
         self.returns[row] = 0.0
         self.lengths[row] = 0
 
     def restart(self, rows: slice | np.ndarray) -> None:
         self.returns[rows] = 0.0
         self.lengths[rows] = 0
-
-    def log(self) -> dict[str, float | int]:
-        if self._n == 0:
-            return {}
-        n = self._n
-        out = {
-            "score": self._score / n,
-            "episode_return": self._return / n,
-            "episode_length": self._length / n,
-            "episodes": n,
-        }
-        self._score = self._return = self._length = 0.0
-        self._n = 0
-        return out
 
 
 class _EmulatedVecEnv:
@@ -396,15 +386,12 @@ class _EmulatedVecEnv:
         self._infos: list[dict] = []
         self._closed = False
 
-    def _check_seed(self, seed: int | None) -> int | None:
-        """The base seed for an explicit reset: the constructor's the first time, else as given."""
-        if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-                raise TypeError(f"expected an integer seed or None, got {seed!r}")
-            return int(seed)
-        if not self._seeded:
+    def _base_seed(self, seed: int | None) -> int | None:
+        """The base seed of a reset: as given, else the constructor's the first time."""
+        seed = check_seed(seed)
+        if seed is None and not self._seeded:
             return self._seed
-        return None
+        return seed
 
     def _check_open(self) -> None:
         if self._closed:
@@ -412,7 +399,7 @@ class _EmulatedVecEnv:
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict]]:
         self._check_open()
-        base = self._check_seed(seed)
+        base = self._base_seed(seed)
         self._seeded = True
         self.rewards[:] = 0.0
         self.terminals[:] = False
@@ -444,7 +431,7 @@ class _EmulatedVecEnv:
         )
 
     def log(self) -> dict[str, float | int]:
-        return self._stats.log()
+        return self._stats.finished.pop()
 
     def __enter__(self) -> _EmulatedVecEnv:
         return self
@@ -542,8 +529,8 @@ def make_gymnasium(
     `env_id_or_creator` is an id for `gymnasium.make` (kwargs go to it) or a callable returning
     an env (called with kwargs). Env i is seeded with `seed + i` on the first reset.
     """
-    _check_count("num_envs", num_envs)
-    _check_int("seed", seed)
+    num_envs = check_positive_int("num_envs", num_envs)
+    seed = check_int("seed", seed)
     if isinstance(env_id_or_creator, str):
         env_id = env_id_or_creator
 
@@ -739,8 +726,8 @@ def make_pettingzoo(
     `env_or_creator` is a callable returning a ParallelEnv (called with kwargs) or a spec
     "module:function" such as "pettingzoo.butterfly.pistonball_v6:parallel_env".
     """
-    _check_count("num_envs", num_envs)
-    _check_int("seed", seed)
+    num_envs = check_positive_int("num_envs", num_envs)
+    seed = check_int("seed", seed)
     if isinstance(env_or_creator, str):
         creator = _resolve_spec(env_or_creator)
     elif callable(env_or_creator):
@@ -765,16 +752,6 @@ def make_pettingzoo(
         for env in envs:
             env.close()
         raise
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"expected {name} to be a positive integer, got {value!r}")
-
-
-def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"expected {name} to be an integer, got {value!r}")
 
 
 __all__ = [

@@ -4,6 +4,11 @@ Layers are kept in separate, named modules so that a parametrization (muP) can a
 ``encoder.input`` (observation -> hidden), ``encoder.hidden[i]`` and the LSTM (hidden matrices),
 ``actor`` and ``critic`` (heads). :meth:`Policy.parameter_groups` returns them by role.
 
+An optional auxiliary head (``aux_head``, built by whoever needs it, e.g. a research advantage
+estimator) is held as a submodule so that it is saved, optimized, broadcast and compiled with
+the policy; it reads the features that :meth:`Policy.forward_sequence` returns on request, and
+counts as a head for muP. The policy knows nothing of what it predicts.
+
 Rollouts call :meth:`Policy.step` with one observation per agent and the agents' recurrent
 state; training calls :meth:`Policy.forward_sequence` on segments of ``T`` steps, resetting the
 LSTM state wherever an episode starts inside a segment.
@@ -20,6 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from shoal.core.config import PolicyConfig
+from shoal.mup import apply_mup
 
 # (count, mean, variance) of a batch -> those of the batch merged with others (data parallel).
 StatsCombine = Callable[[int, torch.Tensor, torch.Tensor], tuple[int, torch.Tensor, torch.Tensor]]
@@ -154,8 +162,8 @@ class LSTMWeights(nn.Module):
     (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``), so checkpoints and
     optimizer states are the same as with ``nn.LSTM``. The policy computes the cell itself
     (:meth:`Policy._cell`, :meth:`Policy._lstm_sequence`); why not keep ``nn.LSTM``: reading its
-    weights breaks a torch.compile graph, and compiled, the LSTM's training pass runs
-    1.3-1.5x faster on a CPU."""
+    weights breaks a torch.compile graph, and the compiled hand-written cell trains faster on a
+    CPU than ``nn.LSTM`` does."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -181,10 +189,10 @@ class Policy(nn.Module):
         num_layers: int = 1,
         activation: str = "gelu",
         obs_norm: bool = False,
-        horizon_lags: int = 0,
+        aux_head: nn.Module | None = None,
     ) -> None:
-        """`horizon_lags` > 0 adds the critic's reward-per-lag head used by the adaptive-horizon
-        advantage (shoal.train.horizon): a mean and a std for each of that many lags."""
+        """`aux_head`: an auxiliary head on the features (see the module docstring), already
+        initialized; None for none."""
         super().__init__()
         if not isinstance(observation_space, gymnasium.spaces.Box):
             raise TypeError(
@@ -200,8 +208,10 @@ class Policy(nn.Module):
         self.lstm = LSTMWeights(hidden_size, hidden_size) if lstm else None
         self.actor = nn.Linear(hidden_size, self.spec.logits_size)
         self.critic = nn.Linear(hidden_size, 1)
-        self.horizon_lags = horizon_lags
-        self.horizon = nn.Linear(hidden_size, 2 * horizon_lags) if horizon_lags > 0 else None
+        # Registered after the critic, so its parameters come last in the parameter order that
+        # optimizer states and checkpoints are indexed by, after every parameter a policy
+        # without it has.
+        self.aux_head = aux_head
         if self.spec.kind == "continuous":
             self.log_std = nn.Parameter(torch.zeros(self.spec.dims))
         else:
@@ -223,15 +233,12 @@ class Policy(nn.Module):
         nn.init.zeros_(self.actor.bias)
         nn.init.orthogonal_(self.critic.weight, 1.0)
         nn.init.zeros_(self.critic.bias)
-        if self.horizon is not None:
-            nn.init.orthogonal_(self.horizon.weight, 0.01)
-            nn.init.zeros_(self.horizon.bias)
 
     # ---- parameter roles (optimizers, muP) ----
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Named parameters by role: "input", "hidden" (2-D hidden matrices), "output" (heads),
-        "other" (biases and log-std)."""
+        """Named parameters by role: "input", "hidden" (2-D hidden matrices), "output" (heads,
+        the auxiliary head's matrices included), "other" (biases and log-std)."""
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {
             "input": [],
             "hidden": [],
@@ -243,7 +250,7 @@ class Policy(nn.Module):
                 groups["other"].append((name, param))
             elif name.startswith("encoder.input"):
                 groups["input"].append((name, param))
-            elif name.startswith(("actor.", "critic.", "horizon.")):
+            elif name.startswith(("actor.", "critic.", "aux_head.")):
                 groups["output"].append((name, param))
             else:
                 groups["hidden"].append((name, param))
@@ -283,15 +290,15 @@ class Policy(nn.Module):
         obs: torch.Tensor,
         starts: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor] | None = None,
-        with_horizon: int = 0,
+        features: bool = False,
     ) -> tuple[torch.Tensor, ...]:
         """Segments ``obs [B, T, ...]`` -> (logits [B, T, K], values [B, T]).
 
         ``starts [B, T]`` is 1 where an observation begins a new episode: the LSTM state is
         zeroed before that step. ``state`` is each segment's state before its first step
-        (zeros when None); a start flag at t=0 zeroes it too. With ``with_horizon = n > 0`` a
-        third output is the horizon head's means and std parameters for the first ``n`` lags,
-        ``[B, T, 2n]`` (see :meth:`horizon_outputs`).
+        (zeros when None); a start flag at t=0 zeroes it too. With ``features`` a third output
+        is what the heads read (the encoder's or the LSTM's output), ``[B, T, hidden]``, for
+        the auxiliary head.
         """
         batch, horizon = obs.shape[:2]
         x = self.encoder(obs.reshape(batch * horizon, -1))
@@ -300,24 +307,9 @@ class Policy(nn.Module):
             x = x.reshape(batch * horizon, -1)
         logits = self.actor(x).view(batch, horizon, -1)
         values = self.critic(x).view(batch, horizon)
-        if with_horizon:
-            return logits, values, self.horizon_outputs(x, with_horizon).view(batch, horizon, -1)
+        if features:
+            return logits, values, x.view(batch, horizon, -1)
         return logits, values
-
-    def horizon_outputs(self, x: torch.Tensor, lags: int) -> torch.Tensor:
-        """The horizon head for the first `lags` lags only: ``[..., 2 * lags]`` (means, then std
-        parameters). Why not the whole head: only the lags up to the horizon plus its margin are
-        used, and computing just those keeps a large maximum horizon free."""
-        if self.horizon is None:
-            raise ValueError("this policy has no horizon head (built with horizon_lags = 0)")
-        k = self.horizon_lags
-        if not 0 < lags <= k:
-            raise ValueError(f"lags must be in 1..{k}, got {lags}")
-        weight, bias = self.horizon.weight, self.horizon.bias
-        if lags < k:
-            weight = torch.cat([weight[:lags], weight[k : k + lags]])
-            bias = torch.cat([bias[:lags], bias[k : k + lags]])
-        return F.linear(x, weight, bias)
 
     def _lstm_sequence(
         self, x: torch.Tensor, starts: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
@@ -425,9 +417,15 @@ def evaluate_actions(
 
 
 def make_policy(
-    observation_space: gymnasium.Space, action_space: gymnasium.Space, policy_cfg, horizon_lags: int = 0
+    observation_space: gymnasium.Space,
+    action_space: gymnasium.Space,
+    policy_cfg: PolicyConfig,
+    aux_head: nn.Module | None = None,
 ) -> Policy:
-    """Build the policy a `PolicyConfig` describes (`horizon_lags`: see :class:`Policy`)."""
+    """Build the policy a `PolicyConfig` describes, holding `aux_head` (see :class:`Policy`).
+
+    Under muP the auxiliary head is rescaled with the other heads.
+    """
     policy = Policy(
         observation_space,
         action_space,
@@ -436,10 +434,8 @@ def make_policy(
         num_layers=policy_cfg.num_layers,
         activation=policy_cfg.activation,
         obs_norm=getattr(policy_cfg, "obs_norm", False),
-        horizon_lags=horizon_lags,
+        aux_head=aux_head,
     )
     if getattr(policy_cfg, "parametrization", "standard") == "mup":
-        from shoal.mup import apply_mup
-
         apply_mup(policy, policy_cfg.base_width)
     return policy

@@ -380,12 +380,13 @@ def test_analyze_vs_other_sweep_with_and_without_reproductions(
     make_sweep(sweeps, "big", big_rows(12))
     out_dir = tmp_path / "both"
     assert analyze_main(["big", "--vs", "small", "--out", str(out_dir), "--top", "4"]) == 0
-    out = capsys.readouterr().out
-    assert (
-        "best-k trial scores (k=4: 4 from big, 4 from small)" in out
-        and "no seed re-runs for big, small" in out
-    )
-    assert "SIGNIFICANT" in out  # big's scores (~60-100) are far above small's (1-3)
+    out = " ".join(capsys.readouterr().out.split())
+    # The best trials of two sweeps are no samples a test applies to: shown, not tested.
+    assert "no seed re-runs (2 or more) for big, small" in out and "no test applies" in out
+    assert "big best 4:" in out and "small best 4:" in out
+    assert "SIGNIFICANT" not in out
+    untested = compare_sweeps(analyze_sweep(load_sweep("big")), analyze_sweep(load_sweep("small")), 4)
+    assert untested.kind == "no test" and untested.comparison is None
     for name in REPORT_FILES + ["params_small.png", "importance_small.png", "trials_small.csv"]:
         assert (out_dir / name).stat().st_size > 0, name
 
@@ -655,3 +656,52 @@ def test_analyze_bare_trials_in_an_rdb(
     assert "#1" in out and "#2" in out
     for name in REPORT_FILES:
         assert (tmp_path / "sweeps" / "bare-report" / name).stat().st_size > 0, name
+
+
+def _repro_frames(runs: dict[int, list[float]], sweep_scores: dict[int, float]):
+    import pandas as pd
+
+    repro = pd.DataFrame(
+        [
+            {"source_trial": t, "seed": 1000 + i, "score": s}
+            for t, scores in runs.items()
+            for i, s in enumerate(scores)
+        ]
+    )
+    originals = pd.DataFrame({"trial": list(sweep_scores), "score": list(sweep_scores.values())})
+    return repro, originals
+
+
+def test_reproduction_tests_pick_the_best_by_sweep_score_and_correct_with_holm() -> None:
+    from shoal.analysis import stats
+
+    assert stats.holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx(
+        [0.03, 0.06, 0.06, math.nan], nan_ok=True
+    )
+    repro, originals = _repro_frames(
+        {
+            0: [10.0, 11.0, 12.0, 13.0, 14.0],  # the best re-run mean, but not the best in the sweep
+            1: [5.0, 6.0, 7.0, 8.0, 9.0],  # the best sweep score
+            2: [1.0, 2.0, 3.0, 4.0, 6.5],  # exact Mann-Whitney p = 0.032 against trial 1
+            3: [1.5, 2.5, 3.5, 4.5, 6.5],  # the same
+        },
+        {0: 50.0, 1: 90.0, 2: 80.0, 3: 70.0},
+    )
+    result = stats.reproduction_tests(repro, originals)
+    # Chosen on the sweep's scores, tested on the re-runs: the choice does not bias the tests.
+    assert result.best == 1 and "best score in the sweep" in result.selection
+    tests = {t.label_b: t for t in result.tests}
+    assert sorted(tests) == ["trial #0", "trial #2", "trial #3"]
+    assert all(t.label_a == "trial #1" and t.family == 3 for t in result.tests)
+    assert all(t.p_value < 0.05 for t in result.tests)  # each alone would pass
+    # ... but three tests at once: Holm keeps only the clear one.
+    assert {label: t.significant for label, t in tests.items()} == {
+        "trial #0": True,
+        "trial #2": False,
+        "trial #3": False,
+    }
+    assert tests["trial #2"].p_adjusted == pytest.approx(2 * tests["trial #2"].p_value)
+    assert "Holm-adjusted over 3 tests" in tests["trial #2"].text()
+    # Without sweep scores the best re-run mean is taken, and the selection says it is biased.
+    unscored = stats.reproduction_tests(repro)
+    assert unscored.best == 0 and "biases" in unscored.selection

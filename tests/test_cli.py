@@ -156,7 +156,14 @@ def test_bad_flag_is_one_clear_line() -> None:
         (["config", "cartpole", "stray"], "unrecognized arguments: stray"),
         (["envs", "--train.seed", "1"], "takes no config flags"),
         (["eval", "cartpole", "--checkpoint", "/nonexistent.pt"], "--checkpoint: no checkpoint at"),
-        (["eval", "cartpole", "--checkpoint", "x.pt", "--episodes", "0"], "--episodes must be at least 1"),
+        (
+            ["eval", "cartpole", "--checkpoint", "x.pt", "--episodes", "0"],
+            "argument --episodes: expected a positive int, got '0'",
+        ),
+        (
+            ["eval", "cartpole", "--checkpoint", "x.pt", "--fps", "-1"],
+            "argument --fps: expected a positive float, got '-1'",
+        ),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )

@@ -330,3 +330,21 @@ def test_shipped_config_files_load(stem: str) -> None:
     cfg = load_config(stem)
     assert cfg.env.name == stem
     assert from_dict(tomllib.loads(to_toml(cfg))) == cfg
+
+
+def test_a_removed_key_is_an_error_unless_it_asks_for_nothing(tmp_path: Path) -> None:
+    """train.overlap is gone: true says so; false, as in the config.json and checkpoints of
+    older runs, is read silently."""
+    with pytest.raises(ConfigError, match="train.overlap .* was removed"):
+        load_config("cartpole", ["--train.overlap", "true"])
+    file = write(tmp_path / "old.toml", "[train]\noverlap = true\n")
+    with pytest.raises(ConfigError, match=r"train.overlap .* was removed.*\(in .*old.toml\)"):
+        load_config("cartpole", config_file=file)
+    old_run = Config().to_dict()
+    old_run["train"]["overlap"] = False
+    assert from_dict(old_run) == Config()
+    old_run["train"]["overlap"] = True
+    with pytest.raises(ConfigError, match="was removed"):
+        from_dict(old_run)
+    assert "train.overlap" not in all_keys() and "overlap" not in Config().to_dict()["train"]
+    assert "overlap" not in to_toml(load_config("breakout", ["--train.overlap", "false"]))

@@ -14,8 +14,7 @@ import shoal
 from shoal.core.config import load_config
 from shoal.policy import Policy, sample_actions
 from shoal.train import rollout, train
-from shoal.train.cuda_graph import GraphedAct
-from shoal.train.overlap import EnvHalves
+from shoal.train.cuda_graph import GraphedAct, use_cuda_graph
 from shoal.train.rollout import Collector, RolloutBuffer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -104,18 +103,16 @@ def test_graphed_sampling_draws_from_the_policy_distribution():
         env.close()
 
 
-def collect_buffers(device: torch.device, cuda_graph: bool, overlap: bool, epochs: int = 2) -> list[dict]:
-    if overlap:
-        env = EnvHalves("cartpole", 16, seed=3, max_steps=20)
-    else:
-        env = shoal.make("cartpole", num_envs=16, seed=3, max_steps=20)
+def collect_buffers(device: torch.device, cuda_graph: bool, epochs: int = 2) -> list[dict]:
+    env = shoal.make("cartpole", num_envs=16, seed=3, max_steps=20)
     try:
         policy = lstm_policy(env, 16).to(device)
         obs_dtype = env.single_observation_space.dtype
         buf = RolloutBuffer(16, 16, 8, policy.obs_size, obs_dtype, 1, False, 16, device)
-        collector = Collector(
-            env, policy, buf, device, 0.99, reward_clip=0.5, overlap=overlap, cuda_graph=cuda_graph
-        )
+        collector = Collector(env, policy, buf, device, 0.99, reward_clip=0.5)
+        if cuda_graph:
+            use_cuda_graph(collector)
+            assert isinstance(collector.act_fn, GraphedAct) == (device.type == "cuda")
         obs, _ = env.reset()
         out = []
         for _ in range(epochs):
@@ -126,15 +123,14 @@ def collect_buffers(device: torch.device, cuda_graph: bool, overlap: bool, epoch
         env.close()
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_cuda_rollout_fills_the_same_buffer_as_cpu(monkeypatch, overlap):
+def test_cuda_rollout_fills_the_same_buffer_as_cpu(monkeypatch):
     """Greedy actions, so every mode sees the same trajectories: the pinned staging copies and
-    the graphed step (one graph per env half with overlap) must store what the CPU rollout
-    stores (truncation bootstrap, reward clip, LSTM resets, segment states)."""
+    the graphed step must store what the CPU rollout stores (truncation bootstrap, reward clip,
+    LSTM resets, segment states)."""
     monkeypatch.setattr(rollout, "sample_actions", lambda p, logits: sample_actions(p, logits, True))
-    cpu = collect_buffers(torch.device("cpu"), False, overlap)
+    cpu = collect_buffers(torch.device("cpu"), False)
     for cuda_graph in (False, True):
-        gpu = collect_buffers(CUDA, cuda_graph, overlap)
+        gpu = collect_buffers(CUDA, cuda_graph)
         for a, b in zip(cpu, gpu, strict=True):
             for key in BUFFERS:
                 torch.testing.assert_close(

@@ -15,7 +15,7 @@ import pytest
 
 from shoal.cli import build_parser, main
 from shoal.core.config import CONFIG_DIR, ConfigError, load_config, split_config_flags
-from shoal.train.trainer import validate
+from shoal.train.validation import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

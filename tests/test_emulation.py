@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from gymnasium import spaces
 from pettingzoo.utils.env import ParallelEnv
 
 import shoal
+from shoal.core.contract import AsyncVecEnv, VecEnv
 from shoal.emulation import ObsFlattener, check_actions, make_gymnasium, make_pettingzoo
 
 STRUCTURED_OBS = spaces.Dict(
@@ -209,14 +213,22 @@ def test_step_before_reset_and_bad_arguments() -> None:
     env = make_gymnasium("CartPole-v1", num_envs=1)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.array([0]))
-    with pytest.raises(ValueError, match="num_envs to be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="expected num_envs >= 1, got 0"):
         make_gymnasium("CartPole-v1", num_envs=0)
+    with pytest.raises(TypeError, match="expected num_envs to be an integer"):
+        make_gymnasium("CartPole-v1", num_envs=2.0)
+    with pytest.raises(TypeError, match="expected seed to be an integer"):
+        make_gymnasium("CartPole-v1", seed="1")
+    env.reset()
+    with pytest.raises(TypeError, match="expected seed to be an integer"):
+        env.reset(seed=1.0)
     with pytest.raises(TypeError, match="Gymnasium env id or a callable"):
         make_gymnasium(42)
 
 
 def test_shoal_make_routes_gym_names() -> None:
     env = shoal.make("gym:CartPole-v1", num_envs=2, seed=5)
+    assert isinstance(env, VecEnv) and isinstance(env, AsyncVecEnv)
     obs, _ = env.reset()
     assert obs.shape == (2, 4)
     batch = env.recv()
@@ -336,3 +348,22 @@ def test_pettingzoo_same_seed_same_trajectories_and_spec_strings() -> None:
 def test_pettingzoo_different_agent_spaces_are_rejected() -> None:
     with pytest.raises(ValueError, match="same observation space.*agent 'b' has Box"):
         make_pettingzoo(MixedSpacesEnv)
+
+
+def test_adapters_and_contract_import_without_the_c_extension() -> None:
+    # None in sys.modules makes any import of the compiled extension fail, as if never built.
+    script = (
+        "import sys\n"
+        "sys.modules['shoal.envs._native'] = None\n"
+        "import shoal, shoal.core.contract, shoal.emulation, shoal.vector\n"
+        "env = shoal.make('gym:CartPole-v1', num_envs=2, seed=0)\n"
+        "env.reset()\n"
+        "assert isinstance(env, shoal.core.contract.VecEnv)\n"
+        "try:\n"
+        "    shoal.make('cartpole')\n"
+        "except ImportError:\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

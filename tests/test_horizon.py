@@ -11,8 +11,10 @@ from torch import nn
 
 from shoal.core.config import ConfigError, load_config
 from shoal.train import train
+from shoal.train.advantage import make_estimator
 from shoal.train.horizon import (
     MIN_STD,
+    HorizonHead,
     bootstrap_tail,
     choose_horizon,
     gaussian_nll,
@@ -20,6 +22,7 @@ from shoal.train.horizon import (
     lag_targets,
     split_head,
 )
+from tests.test_advantage import filled_buffer
 from tests.test_trainer import assert_same_metrics, config
 
 
@@ -271,6 +274,23 @@ def test_adaptive_horizon_config_errors(tmp_path, flags, message):
         train(cfg)
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--train.min-horizon", "0"], "min_horizon"),
+        (["--train.min-horizon", "40", "--train.max-horizon", "32"], "min_horizon"),
+        (["--train.horizon-margin", "-1"], "horizon_margin"),
+    ],
+)
+def test_the_estimator_checks_its_own_keys(flags, message):
+    cfg = load_config("cartpole", ["--train.advantage", "adaptive_horizon", *flags]).train
+    with pytest.raises(ConfigError, match=message):
+        make_estimator(cfg, 16)
+    # The same keys mean nothing to GAE.
+    cfg.advantage = "gae"
+    make_estimator(cfg, 16)
+
+
 def test_unknown_advantage_is_a_config_error():
     with pytest.raises(ConfigError, match="advantage"):
         load_config("cartpole", ["--train.advantage", "td"])
@@ -292,3 +312,69 @@ def test_bootstrap_tail_fills_lags_past_the_rollout_from_the_last_state():
     assert filled[1, 3].tolist() == [1.0, 21.0, 22.0]
     # The critic's own loss targets are untouched.
     assert not valid[0, 3, 1:].any()
+
+
+def test_horizon_head_computes_only_the_first_lags_and_starts_small():
+    torch.manual_seed(0)
+    head = HorizonHead(8, 5)
+    assert torch.equal(head.bias, torch.zeros(10))
+    # Orthogonal with gain 0.01: the 10 x 8 weight has orthogonal columns of norm 0.01.
+    torch.testing.assert_close(head.weight.T @ head.weight, 1e-4 * torch.eye(8), rtol=0, atol=1e-9)
+    with torch.no_grad():
+        head.bias.copy_(torch.randn(10))
+    features = torch.randn(3, 4, 8)
+    full = head(features, 5)
+    assert full.shape == (3, 4, 10)
+    torch.testing.assert_close(full, features @ head.weight.T + head.bias)
+    part = head(features, 2)
+    # Means of lags 0-1, then their std parameters.
+    torch.testing.assert_close(part, torch.cat([full[..., :2], full[..., 5:7]], dim=-1))
+    for lags in (0, 6):
+        with pytest.raises(ValueError, match="lags"):
+            head(features, lags)
+    with pytest.raises(ValueError):
+        HorizonHead(8, 0)
+
+
+def horizon_estimator(*flags):
+    base = ["--train.advantage", "adaptive_horizon", "--train.min-horizon", "4"]
+    return make_estimator(load_config("cartpole", [*base, "--train.horizon-margin", "4", *flags]).train, 16)
+
+
+def stub_forward(buf, calls):
+    """The learner's buffer pass, with zero features (so the head predicts its bias)."""
+
+    @torch.no_grad()
+    def forward(head):
+        out = head(torch.zeros(buf.num_segments, buf.horizon, 16))
+        calls.append(out.shape[-1] // 2)
+        return [out[: buf.num_segments // 2], out[buf.num_segments // 2 :]]
+
+    return forward
+
+
+def test_horizon_estimator_warns_once_and_caps_the_lags_at_the_rollout(capsys):
+    est = horizon_estimator("--train.max-horizon", "100")
+    buf = filled_buffer(steps=64)
+    calls = []
+    for _ in range(2):
+        advantages, returns = est.prepare(buf, stub_forward(buf, calls))
+        assert advantages.shape == (4, 64) and returns is buf.values
+    assert capsys.readouterr().err.count("train.max_horizon (100) is more than the rollout's 64 steps") == 1
+    assert est.lags == 64
+    # The first prediction covers the starting horizon plus its margin.
+    assert calls[0] == 4 + 4
+    assert 4 <= est.horizon <= 64 and est.trained == min(64, est.horizon + 4)
+
+
+def test_a_restored_horizon_sets_the_first_update_lags():
+    est = horizon_estimator("--train.max-horizon", "32")
+    est.load_state_dict({"horizon": 12})
+    buf = filled_buffer(steps=64)
+    calls = []
+    est.prepare(buf, stub_forward(buf, calls))
+    assert calls == [12 + 4]
+    assert est.state_dict() == {"horizon": est.horizon}
+    # A checkpoint of a GAE run has no horizon to restore.
+    est.load_state_dict({})
+    assert est.state_dict() == {"horizon": est.horizon}

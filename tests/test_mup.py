@@ -1,5 +1,6 @@
 """muP: equality with the standard parametrization at base width, the width rules, the
-optimizer groups and the coordinate check."""
+optimizer groups, and benchmarks/mup_transfer.py. The coordinate check is in
+test_coord_check.py."""
 
 import json
 import math
@@ -9,13 +10,13 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from shoal.core.config import PolicyConfig, load_config
 from shoal.mup import (
-    coord_check,
+    apply_mup,
     lr_scales,
     muon_lr_scale,
-    mup_check_main,
     optimizer_param_groups,
     param_rules,
     regroup,
@@ -43,11 +44,11 @@ def train_cfg(**kw):
     return SimpleNamespace(**base)
 
 
-def build(width, parametrization, base_width=32, seed=0, lstm=True, num_layers=2):
+def build(width, parametrization, base_width=32, seed=0, lstm=True, num_layers=2, aux_head=None):
     torch.manual_seed(seed)
     cfg = PolicyConfig(hidden_size=width, num_layers=num_layers, lstm=lstm, parametrization=parametrization,
                        base_width=base_width)
-    return make_policy(OBS, ACT, cfg)
+    return make_policy(OBS, ACT, cfg, aux_head)
 
 
 def group_summary(policy, optimizers):
@@ -191,45 +192,47 @@ def test_muon_update_follows_the_spectral_rule(adjust_lr_fn, standard_growth):
 
 def test_apply_mup_rejects_bad_input():
     policy = build(64, "mup")
-    from shoal.mup import apply_mup
-
     with pytest.raises(ValueError, match="already applied"):
         apply_mup(policy, 32)
-    with pytest.raises(ValueError, match="base_width must be a positive integer"):
+    with pytest.raises(ValueError, match="policy.base_width >= 1"):
         apply_mup(build(64, "standard"), 0)
+    with pytest.raises(TypeError, match="policy.base_width"):
+        apply_mup(build(64, "standard"), 32.0)
 
 
-def test_coordinate_check_is_flat_under_mup_and_drifts_under_standard():
-    result = coord_check(
-        "cartpole", [64, 1024], steps=5, learning_rate=3e-3,
-        overrides=["--policy.base-width", "64", "--policy.lstm", "true", "--policy.num-layers", "2"],
-        num_envs=8, horizon=8, seed=0,
-    )
-    layers = set(result.sizes["mup"])
-    assert layers == {"encoder.input", "encoder.hidden.0", "lstm.h", "logits", "value"}
-    for layer in layers:
-        assert 0.5 < result.ratio("mup", layer) < 2.0, (layer, result.ratio("mup", layer))
-    # Standard: Adam moves the heads' outputs ~width times further.
-    assert result.ratio("standard", "logits") > 2.0
-    assert result.ratio("standard", "encoder.input") < 0.5  # orthogonal init shrinks with width
-    # The updates did something: logits grew from their small init.
-    assert (result.sizes["mup"]["logits"][-1] > 3 * result.sizes["mup"]["logits"][0]).all()
+def aux_head(width, seed=7, lags=5):
+    # Built and initialized outside the policy, as an advantage estimator does.
+    torch.manual_seed(seed)
+    head = nn.Linear(width, 2 * lags)
+    nn.init.orthogonal_(head.weight, 0.01)
+    nn.init.zeros_(head.bias)
+    return head
 
 
-def test_mup_check_cli(tmp_path, capsys):
-    png, js = tmp_path / "cc.png", tmp_path / "cc.json"
-    rc = mup_check_main(["cartpole", "--widths", "16,32", "--steps", "1", "--num-envs", "2", "--horizon", "4",
-                         "--parametrization", "mup", "-o", str(png), "--json", str(js),
-                         "--policy.base-width", "16"])
-    assert rc == 0
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    data = json.loads(js.read_text())
-    assert data["widths"] == [16, 32] and list(data["sizes"]) == ["mup"]
-    assert "mup: mean |activation|" in capsys.readouterr().out
-    assert mup_check_main(["cartpole", "--train.learnin-rate", "1"]) == 2
-    assert "did you mean 'train.learning_rate'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        mup_check_main(["cartpole", "--widths", "64"])
+def test_aux_head_follows_the_output_rule():
+    # The auxiliary head is a head: init std x base/width and Adam LR x base/width, like the
+    # actor and critic; its bias is a vector.
+    head = aux_head(128)
+    before = head.weight.detach().clone()
+    policy = build(128, "mup", aux_head=head)
+    rules = param_rules(policy, 32)
+    assert rules["aux_head.weight"].role == rules["actor.weight"].role == "output"
+    assert rules["aux_head.bias"].role == "vector"
+    # [10, 128] at base width 32 is [10, 32]: orthogonal's entry size 1/sqrt(128) vs 1/sqrt(32),
+    # then std x 32/128.
+    assert rules["aux_head.weight"].init_scale == pytest.approx(math.sqrt(128 / 32) * 0.25)
+    torch.testing.assert_close(policy.aux_head.weight.detach(), before * rules["aux_head.weight"].init_scale)
+    names = {id(p): n for n, p in policy.named_parameters()}
+    scales = {names[k]: v for k, v in lr_scales(policy).items()}
+    assert scales["aux_head.weight"] == scales["actor.weight"] == 0.25
+    assert scales["aux_head.bias"] == 1.0
+    muon = regroup(make_optimizer(policy, train_cfg(optimizer="muon")), policy)
+    owned = [{names[id(p)] for g in opt.param_groups for p in g["params"]} for opt in muon.optimizers]
+    assert "aux_head.weight" in owned[1] and "aux_head.weight" not in owned[0]  # the AdamW half
+    # At base width the auxiliary head is left exactly as it was built.
+    head = aux_head(32)
+    same = head.weight.detach().clone()
+    assert torch.equal(build(32, "mup", aux_head=head).aux_head.weight.detach(), same)
 
 
 def test_hidden_size_is_a_pow2_sweep_key():

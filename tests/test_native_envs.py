@@ -12,8 +12,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import shoal
-from shoal.envs import _native
-from shoal.envs.native import GAMES, Batch, GymnasiumView, NativeVecEnv
+from shoal.core.contract import AsyncVecEnv, Batch, VecEnv
+from shoal.envs import _native, registry
+from shoal.envs.native import GAMES, GymnasiumView, NativeVecEnv
 
 ALL_GAMES = list(GAMES)
 BREAKOUT_POINTS = np.repeat(np.array([7, 7, 4, 4, 1, 1], dtype=np.float32), 18)
@@ -330,10 +331,12 @@ def test_bad_names_and_options_raise_with_suggestions() -> None:
         shoal.make("breakout", frameskip="4")
     with pytest.raises(TypeError, match="must be a number"):
         shoal.make("breakout", frameskip=True)
-    with pytest.raises(ValueError, match="num_envs must be at least 1"):
+    with pytest.raises(ValueError, match="expected num_envs >= 1, got 0"):
         shoal.make("cartpole", num_envs=0)
-    with pytest.raises(TypeError, match="num_envs must be an int"):
+    with pytest.raises(TypeError, match="expected num_envs to be an integer"):
         shoal.make("cartpole", num_envs=2.0)
+    with pytest.raises(TypeError, match="expected seed to be an integer"):
+        shoal.make("cartpole", seed=1.5)
     with pytest.raises(ValueError, match="num_threads"):
         shoal.make("cartpole", num_threads=-1)
     with pytest.raises(TypeError, match="env name must be a str"):
@@ -458,7 +461,15 @@ def test_make_default_threads_and_repr() -> None:
     assert "cartpole" in repr(env)
     with shoal.make("breakout", num_envs=2) as ctx:
         assert isinstance(ctx, NativeVecEnv)
+        assert isinstance(ctx, VecEnv) and isinstance(ctx, AsyncVecEnv)
     assert ctx.closed
+
+
+def test_the_package_root_reexports_the_registry() -> None:
+    assert shoal.make is registry.make and shoal.list_envs is registry.list_envs
+    assert [name for name, _ in shoal.list_envs()] == ALL_GAMES
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        shoal.nope  # noqa: B018
 
 
 def test_threaded_env_keeps_working_in_a_forked_child() -> None:

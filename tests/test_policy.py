@@ -1,19 +1,22 @@
-"""Policy: LSTM training path vs rollout path, resets, spaces, distributions."""
+"""Policy: LSTM training path vs rollout path, resets, spaces, distributions, the auxiliary head."""
 
 import gymnasium
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from shoal.policy import Policy, evaluate_actions, sample_actions
+from shoal.core.config import PolicyConfig
+from shoal.policy import Policy, evaluate_actions, make_policy, sample_actions
 
 BOX = gymnasium.spaces.Box(-1.0, 1.0, (5,), np.float32)
 
 
-def make(action_space=None, lstm=True, hidden=16, layers=2, obs_space=BOX, seed=0):
+def make(action_space=None, lstm=True, hidden=16, layers=2, obs_space=BOX, seed=0, aux_head=None):
     torch.manual_seed(seed)
     return Policy(
-        obs_space, action_space or gymnasium.spaces.Discrete(3), hidden, lstm=lstm, num_layers=layers
+        obs_space, action_space or gymnasium.spaces.Discrete(3), hidden, lstm=lstm, num_layers=layers,
+        aux_head=aux_head,
     )
 
 
@@ -141,6 +144,55 @@ def test_parameter_groups_name_the_roles():
     assert all(p.ndim == 1 for _, p in groups["other"])
 
 
+@pytest.mark.parametrize("lstm", [False, True])
+def test_features_are_what_the_heads_read(lstm):
+    policy = make(lstm=lstm)
+    obs = torch.randn(3, 6, 5)
+    starts = (torch.rand(3, 6) < 0.3).float()
+    state = (torch.randn(3, 16), torch.randn(3, 16)) if lstm else None
+    logits, values = policy.forward_sequence(obs, starts, state)
+    f_logits, f_values, features = policy.forward_sequence(obs, starts, state, features=True)
+    assert features.shape == (3, 6, 16)
+    assert torch.equal(f_logits, logits) and torch.equal(f_values, values)
+    torch.testing.assert_close(policy.actor(features), logits)
+    torch.testing.assert_close(policy.critic(features).squeeze(-1), values)
+    # Gradients flow from the features into the encoder (and the LSTM).
+    features.square().sum().backward()
+    assert policy.encoder.input.weight.grad.abs().sum() > 0
+
+
+def test_aux_head_is_part_of_the_policy_but_not_of_its_init():
+    head = nn.Linear(16, 6)
+    policy = make(aux_head=head, action_space=gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32))
+    assert policy.aux_head is head
+    # Saved, trained and grouped with the heads.
+    assert {"aux_head.weight", "aux_head.bias"} <= set(policy.state_dict())
+    assert any(p is head.weight for p in policy.parameters())
+    groups = {role: [n for n, _ in params] for role, params in policy.parameter_groups().items()}
+    assert "aux_head.weight" in groups["output"] and "aux_head.bias" in groups["other"]
+    # Last in the parameter order, after the critic (optimizer state and checkpoints).
+    names = [n for n, _ in policy.named_parameters()]
+    assert names[-4:] == ["critic.weight", "critic.bias", "aux_head.weight", "aux_head.bias"]
+    # Built outside: the policy neither re-initializes it nor draws random numbers for it, so
+    # the other weights are those of the same seed without an auxiliary head.
+    before = head.weight.detach().clone()
+    again = make(aux_head=head, action_space=gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32))
+    assert torch.equal(again.aux_head.weight.detach(), before)
+    plain = make(action_space=gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32))
+    plain_state = plain.state_dict()
+    assert plain.aux_head is None and not any(k.startswith("aux_head.") for k in plain_state)
+    for name, value in policy.state_dict().items():
+        if not name.startswith("aux_head."):
+            assert torch.equal(value, plain_state[name]), name
+
+
+def test_make_policy_passes_the_aux_head_on():
+    cfg = PolicyConfig(hidden_size=16, num_layers=1, lstm=False)
+    head = nn.Linear(16, 4)
+    assert make_policy(BOX, gymnasium.spaces.Discrete(3), cfg, aux_head=head).aux_head is head
+    assert make_policy(BOX, gymnasium.spaces.Discrete(3), cfg).aux_head is None
+
+
 def test_unsupported_spaces_are_rejected():
     with pytest.raises(TypeError, match="Discrete, MultiDiscrete and Box"):
         make(gymnasium.spaces.Text(5))
@@ -207,3 +259,8 @@ def test_compiled_policy_equals_eager():
         torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
     for compiled_out, eager_out in zip(c_step[:2], e_step[:2], strict=True):
         torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-6)
+    # The features an auxiliary head reads come out of the same graph.
+    with torch.no_grad():
+        eager_features = policy.forward_sequence(obs, starts, state, features=True)[2]
+        compiled_features = compiled_forward(obs, starts, state, features=True)[2]
+    torch.testing.assert_close(compiled_features, eager_features, rtol=1e-5, atol=1e-6)

@@ -253,3 +253,135 @@ def test_alternative_samplers_run_multi_objective(name):
 
 def test_default_toml_sweep_block_matches_default_space():
     assert load_config().sweep == DEFAULT_SPACE
+
+
+# --- what the sampler learns from (issue 21) ---------------------------------------------------
+
+LR_STEPS_SPACE = {
+    "train.learning_rate": {"distribution": "log", "min": 1e-5, "max": 1e-1},
+    "train.total_steps": {"distribution": "log", "min": 1_000_000, "max": 100_000_000},
+}
+
+
+def _tell_curve(study, trial, space, score_at, epochs=5):
+    """Tell a run whose score after each of `epochs` parts is score_at(unit params, steps)."""
+    total = float(trial.params["train.total_steps"])
+    unit = dict(zip(space.keys, space.to_unit(trial.params), strict=True))
+    curve = []
+    for i in range(1, epochs + 1):
+        steps = total * i / epochs
+        curve.append([steps / 1e5, steps, score_at(unit, steps)])
+    trial.set_user_attr("curve", curve)
+    study.tell(trial, [curve[-1][2], curve[-1][0]])
+
+
+def test_failed_runs_steer_the_sampler_away_from_where_runs_fail():
+    # The score rises with the learning rate up to where every run diverges: a model that
+    # never sees the failures extrapolates the rise into the failing region.
+    space = SearchSpace.from_dict(LR_STEPS_SPACE)
+    sampler = ParetoSampler(space, seed=0, n_startup=6)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+
+    def score_at(unit, steps):
+        return unit["train.learning_rate"] + 0.1 * math.log10(steps)
+
+    for _ in range(30):
+        trial = study.ask(fixed_distributions=space.distributions())
+        u = space.by_key["train.learning_rate"].to_unit(trial.params["train.learning_rate"])
+        if u > 0.6:
+            trial.set_user_attr("cost", 5.0)
+            trial.set_user_attr("error", "Diverged: loss became nan")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            _tell_curve(study, trial, space, score_at)
+    late = study.trials[12:]
+    failing = sum(t.state == optuna.trial.TrialState.FAIL for t in late)
+    assert failing <= len(late) // 4, f"{failing} of {len(late)} model-based trials went where runs fail"
+    obs = collect_observations(study.trials, space, "train.total_steps")
+    assert obs.failed.any() and np.all(obs.score[obs.failed] == obs.score[~obs.failed].min())
+
+
+def test_runs_cut_at_max_cost_are_modelled_at_the_steps_they_ran():
+    space = SearchSpace.from_dict(LR_STEPS_SPACE)
+    params = {"train.learning_rate": 1e-3, "train.total_steps": 100_000_000}
+    trial = optuna.trial.create_trial(
+        params=params,
+        distributions=space.distributions(),
+        values=[0.5, 60.0],
+        user_attrs={"cut_at_max_cost": True, "agent_steps": 5_000_000, "curve": []},
+    )
+    obs = collect_observations([trial], space, "train.total_steps")
+    steps_param = space.by_key["train.total_steps"]
+    (final,) = obs.x[obs.final]
+    assert steps_param.from_unit(final[1]) == pytest.approx(5_000_000, rel=1e-6)
+
+
+def test_curve_points_of_one_run_weigh_about_one_observation():
+    space = SearchSpace.from_dict(LR_STEPS_SPACE)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
+    for _ in range(6):
+        trial = study.ask(fixed_distributions=space.distributions())
+        _tell_curve(study, trial, space, lambda u, s: u["train.learning_rate"], epochs=10)
+    obs = collect_observations(study.trials, space, "train.total_steps")
+    idx = np.arange(len(obs))
+    trial_weighted = ParetoSampler(space, seed=0)
+    noise = trial_weighted.curve_noise(obs, idx)
+    # A run with m curve points (in the run-length range) gives each m - 1 times the noise.
+    per_run = {n: int(np.sum((obs.trial == n) & ~obs.final)) for n in set(obs.trial.tolist())}
+    assert np.all(noise[obs.final] == 0)
+    assert np.all(noise[~obs.final] == [per_run[n] - 1 for n in obs.trial[~obs.final]])
+    assert max(per_run.values()) == 10
+    assert not ParetoSampler(space, seed=0, curve_weighting="independent").curve_noise(obs, idx).any()
+    # Weighed as one run, the curves leave the score model less sure than ten results would.
+    sds = []
+    for sampler in (trial_weighted, ParetoSampler(space, seed=0, curve_weighting="independent")):
+        score_model, _, _ = sampler._fit(obs, np.zeros((0, len(space))))
+        sds.append(score_model.predict(obs.x[~obs.final][:5])[1].mean())
+    assert sds[0] > sds[1]
+
+
+def _finished_study(space, storage=None, n=10, seed=0):
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], storage=storage, sampler=optuna.samplers.RandomSampler(seed)
+    )
+    for _ in range(n):
+        trial = study.ask(fixed_distributions=space.distributions())
+        _tell_curve(study, trial, space, lambda u, s: -((u["train.learning_rate"] - 0.7) ** 2))
+    return study
+
+
+def test_runs_in_flight_on_other_workers_are_not_proposed_again():
+    space = SearchSpace.from_dict(LR_STEPS_SPACE)
+    storage = optuna.storages.InMemoryStorage()
+    study = _finished_study(space, storage, n=12)
+    name = study.study_name
+
+    def suggest():
+        # Every worker sees the same results; the same seed makes the point of the test sharp.
+        sampler = ParetoSampler(space, seed=5, n_startup=6)
+        worker = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        trial = worker.ask(fixed_distributions=space.distributions())
+        return trial, np.array(space.to_unit(trial.params)), sampler
+
+    first, x1, _ = suggest()  # left RUNNING, as on another worker
+    _, x2, sampler = suggest()
+    assert sampler.last_info["kind"] == "pareto"
+    assert np.abs(x1 - x2).max() > 0.02, (first.params, x1, x2)
+    assert sampler.last_info["pending"] == 1
+
+
+def test_a_key_no_trial_sets_warns_once_and_the_rest_is_modelled():
+    full = SearchSpace.from_dict(
+        {**LR_STEPS_SPACE, "train.clip_coef": {"distribution": "uniform", "min": 0.05, "max": 0.5}}
+    )
+    partial = SearchSpace.from_dict(LR_STEPS_SPACE)
+    study = _finished_study(partial, n=10)
+    sampler = ParetoSampler(full, seed=0, n_startup=6)
+    study.sampler = sampler
+    with pytest.warns(UserWarning, match="train.clip_coef") as caught:
+        for _ in range(2):
+            trial = study.ask(fixed_distributions=full.distributions())
+            assert sampler.last_info["kind"] == "pareto"
+            assert set(trial.params) == set(full.keys)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert sum("train.clip_coef" in str(w.message) for w in caught) == 1

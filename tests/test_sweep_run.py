@@ -228,7 +228,11 @@ def test_cli_errors(tmp_path, capsys):
     assert "needs min > 0" in capsys.readouterr().err
     assert main([*_cli_args(tmp_path, 3), "--train.learnin-rate", "1e-3"]) == 2
     assert "did you mean 'train.learning_rate'" in capsys.readouterr().err
-    assert main([*_cli_args(tmp_path, 0)]) == 2
+    # Usage errors are argparse's: exit status 2 with the reason on stderr.
+    with pytest.raises(SystemExit) as stopped:
+        main([*_cli_args(tmp_path, 0)])
+    assert stopped.value.code == 2
+    assert "argument --trials: expected a positive int, got '0'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*_cli_args(tmp_path, 3), "--sampler", "grid"])
 

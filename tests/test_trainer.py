@@ -1,5 +1,6 @@
-"""The training loop end to end on tiny native envs: metrics, files, determinism, resume,
-truncation bootstrapping, gradient accumulation, and learning on the diagnostic envs."""
+"""The training loop end to end on tiny native envs: metrics, files, determinism, resume (also
+from checkpoints of older versions), truncation bootstrapping, gradient accumulation, and
+learning on the diagnostic envs."""
 
 import json
 import math
@@ -12,6 +13,7 @@ import torch
 from shoal.core.config import ConfigError, load_config
 from shoal.policy import Policy
 from shoal.train import load_agent, train
+from shoal.train.advantage import make_estimator
 from shoal.train.learner import Learner, prioritized_sample
 from shoal.train.optim import make_optimizer
 from shoal.train.rollout import Collector, RolloutBuffer
@@ -162,6 +164,47 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
 
 
+def as_legacy_checkpoint(path):
+    """Rewrite a checkpoint as versions before the "learner" key wrote it: the update count and
+    the adaptive horizon at the top level, the policy's auxiliary head named "horizon"."""
+    data = torch.load(path, weights_only=True)
+    del data["learner"]
+    data["model"] = {k.replace("aux_head.", "horizon.", 1): v for k, v in data["model"].items()}
+    torch.save(data, path)
+    return data
+
+
+@pytest.mark.parametrize("advantage", ["gae", "adaptive_horizon"])
+def test_resume_from_a_legacy_checkpoint_equals_uninterrupted(tmp_path, advantage):
+    flags = [
+        "--train.deterministic", "true",
+        "--policy.lstm", "true",
+        "--train.checkpoint-interval", "2",
+        "--train.total-steps", "1536",
+        "--train.advantage", advantage,
+        "--train.min-horizon", "4",
+        "--train.max-horizon", "16",
+    ]  # fmt: skip
+    whole_cfg = config(tmp_path, "cartpole", *flags, name="whole")
+    per_epoch = whole_cfg.train.update_epochs * (whole_cfg.train.batch_size // whole_cfg.train.minibatch_size)
+    whole = train(whole_cfg)
+    first = train(config(tmp_path, "cartpole", *flags, name="split"), on_epoch=lambda m: m["epoch"] < 2)
+    legacy = as_legacy_checkpoint(first.run_dir / "checkpoint.pt")
+    assert legacy["update"] == 2 * per_epoch and (legacy["horizon"] is None) == (advantage == "gae")
+    assert any(k.startswith("horizon.") for k in legacy["model"]) == (advantage == "adaptive_horizon")
+    rest = train(config(tmp_path, "cartpole", *flags, "--run.resume", str(first.run_dir), name="x"))
+    assert_same_metrics(whole.history, rest.history)
+    saved = torch.load(rest.run_dir / "checkpoint.pt", weights_only=True)
+    assert saved["learner"]["update"] == saved["update"] == 6 * per_epoch
+    if advantage == "adaptive_horizon":
+        assert saved["learner"]["estimator"]["horizon"] == saved["horizon"] == whole.metrics["horizon"]
+        # A model.pt of an older version loads too.
+        model = torch.load(rest.run_dir / "model.pt", weights_only=True)
+        model["model"] = {k.replace("aux_head.", "horizon.", 1): v for k, v in model["model"].items()}
+        torch.save(model, rest.run_dir / "model.pt")
+        assert load_agent(rest.run_dir / "model.pt").act(np.zeros((2, 4), np.float32)).shape == (2,)
+
+
 def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match=r"batch_size \(250\) must be a multiple of num_agents"):
         train(config(tmp_path, "cartpole", "--train.batch-size", "250"))
@@ -169,6 +212,10 @@ def test_config_errors_name_the_problem(tmp_path):
         train(config(tmp_path, "cartpole", "--train.minibatch-size", "100"))
     with pytest.raises(ConfigError, match="total_steps must be positive"):
         train(config(tmp_path, "cartpole", "--train.total-steps", "0"))
+    with pytest.raises(ConfigError, match=r"max_minibatch_size \(4\) must be at least train.bptt_horizon"):
+        train(config(tmp_path, "cartpole", "--train.max-minibatch-size", "4"))
+    with pytest.raises(ConfigError, match="torch_threads must be >= 0"):
+        train(config(tmp_path, "cartpole", "--train.torch-threads", "-1"))
     with pytest.raises(ConfigError, match="cuda"):
         if torch.cuda.is_available():
             raise ConfigError("cuda present: nothing to check")
@@ -290,7 +337,8 @@ def test_gradient_accumulation_matches_one_big_minibatch(tmp_path):
         buffer.rewards.copy_(torch.randn(buffer.rewards.shape, generator=g))
         buffer.dones.copy_((torch.rand(buffer.dones.shape, generator=g) < 0.1).float())
         buffer.log_probs.fill_(math.log(0.5))
-        learner = Learner(policy, make_optimizer(policy, cfg.train), buffer, cfg.train, 10)
+        estimator = make_estimator(cfg.train, 16)
+        learner = Learner(policy, make_optimizer(policy, cfg.train), buffer, cfg.train, estimator, 10)
         learner.learn()
         params.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
     torch.testing.assert_close(params[0], params[1], rtol=1e-4, atol=1e-6)

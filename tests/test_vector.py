@@ -1,4 +1,4 @@
-"""Serial and multiprocessing backends: same trajectories, async batches, errors, clean shutdown.
+"""Serial and multiprocessing backends: same trajectories, send/recv, errors, clean shutdown.
 
 Process start is slow on a small machine, so the multiprocessing tests are few and each does
 several checks on one env.
@@ -18,6 +18,7 @@ from gymnasium import spaces
 from pettingzoo.utils.env import ParallelEnv
 
 from shoal import vector
+from shoal.core.contract import AsyncVecEnv, VecEnv
 from shoal.emulation import make_gymnasium, make_pettingzoo
 
 CARTPOLE = functools.partial(make_gymnasium, "CartPole-v1")
@@ -70,7 +71,7 @@ def failing_creator(num_envs: int, seed: int):
 
 
 def gated_cartpole(num_envs: int, seed: int, gate: str):
-    """Workers 1 and 2 (seeds 1 and 2) hold their first step until the file `gate` exists."""
+    """Workers 1 and 2 (seeds 1 and 2) hold every step until the file `gate` exists."""
     env = make_gymnasium("CartPole-v1", num_envs, seed)
     if seed in (1, 2):
         step = env.step
@@ -138,10 +139,10 @@ DUEL = functools.partial(make_pettingzoo, DuelEnv)
 def test_layout_is_validated_before_anything_starts() -> None:
     with pytest.raises(ValueError, match=r"num_envs \(6\) must be a multiple of num_workers \(4\)"):
         vector.make(CARTPOLE, "multiprocessing", num_envs=6, num_workers=4)
-    with pytest.raises(ValueError, match=r"batch_size \(3\) must be a multiple of the envs per worker \(2"):
-        vector.make(CARTPOLE, "multiprocessing", num_envs=8, num_workers=4, batch_size=3)
-    with pytest.raises(ValueError, match=r"batch_size \(6\)"):
-        vector.make(CARTPOLE, "serial", num_envs=8, num_workers=4, batch_size=6)
+    with pytest.raises(ValueError, match=r"expected num_envs >= 1, got 0"):
+        vector.make(CARTPOLE, "multiprocessing", num_envs=0)
+    with pytest.raises(TypeError, match="expected seed to be an integer"):
+        vector.make(CARTPOLE, "multiprocessing", num_envs=2, seed=0.5)
     with pytest.raises(ValueError, match="expected backend in"):
         vector.make(CARTPOLE, "threads", num_envs=2)
     with pytest.raises(ValueError, match="fork is unsafe"):
@@ -179,23 +180,27 @@ def test_serial_chunks_match_one_env_and_aggregate_logs() -> None:
     chunked.close()
 
 
-def test_serial_async_batches_follow_each_envs_own_trajectory() -> None:
+def test_serial_send_recv_is_step_in_two_calls() -> None:
     steps = 30
-    reference = run_steps(vector.make(CARTPOLE, "serial", num_envs=4, num_workers=4, seed=2), steps)
-    env = vector.make(CARTPOLE, "serial", num_envs=4, num_workers=4, batch_size=2, seed=2)
+    reference = run_steps(vector.make(CARTPOLE, "serial", num_envs=4, num_workers=2, seed=2), steps)
+    env = vector.make(CARTPOLE, "serial", num_envs=4, num_workers=2, seed=2)
+    assert isinstance(env, VecEnv) and isinstance(env, AsyncVecEnv)
+    with pytest.raises(RuntimeError, match=r"call reset\(\) before send\(\)"):
+        env.send(np.zeros(4, dtype=np.int64))
     env.reset()
-    seen: dict[int, list[np.ndarray]] = {i: [] for i in range(4)}
-    batch = env.recv()
-    for _ in range(2 * steps):
-        np.testing.assert_array_equal(batch[0], env.observations[batch.agent_ids])
-        for row, obs in zip(batch.agent_ids, batch[0], strict=True):
-            seen[int(row)].append(obs.copy())
-        env.send(greedy(batch[0]))
+    batch = env.recv()  # right after reset: the reset observations
+    assert batch.agent_ids.tolist() == [0, 1, 2, 3] and batch.masks.all()
+    for t in range(1, steps + 1):
+        env.send(greedy(batch.observations))
         batch = env.recv()
-    for i in range(4):
-        np.testing.assert_array_equal(np.stack(seen[i]), reference[: len(seen[i]), i])
-    with pytest.raises(RuntimeError, match="recv\\(\\) called twice"):
+        np.testing.assert_array_equal(batch.observations, reference[t])
+    with pytest.raises(RuntimeError, match="recv\\(\\) has no step to collect"):
         env.recv()
+    env.send(greedy(batch.observations))
+    with pytest.raises(RuntimeError, match="send\\(\\) called twice"):
+        env.send(greedy(batch.observations))
+    with pytest.raises(RuntimeError, match="in flight"):
+        env.step(greedy(batch.observations))
     env.close()
 
 
@@ -218,39 +223,33 @@ def test_multiprocessing_cartpole_matches_serial_and_shuts_down() -> None:
         env.step(np.zeros(4, dtype=np.int64))
 
 
-def test_multiprocessing_async_batches_and_agent_ids(tmp_path) -> None:
-    # Workers 0 and 3 run on while 1 and 2 notice the gate: leave them plenty of reference steps.
-    steps = 400
+def test_multiprocessing_send_returns_while_workers_step(tmp_path) -> None:
+    steps = 5
     reference = run_steps(vector.make(CARTPOLE, "serial", num_envs=4, num_workers=4), steps)
     gate = tmp_path / "open"
-    env = vector.make(gated_cartpole, "multiprocessing", num_envs=4, num_workers=4, batch_size=2,
+    env = vector.make(gated_cartpole, "multiprocessing", num_envs=4, num_workers=4,
                       env_kwargs={"gate": str(gate)}, context="forkserver", timeout=60)
     try:
         obs, _ = env.reset()
-        env.send(greedy(obs))  # right after reset, send() takes actions for every agent
-        seen: dict[int, list[np.ndarray]] = {i: [reference[0, i]] for i in range(4)}
-
-        def serve() -> np.ndarray:
-            obs, rewards, terminals, truncations, final_obs, infos, agent_ids, masks = env.recv()
-            assert agent_ids.shape == (2,) and masks.all()
-            np.testing.assert_array_equal(obs, env.observations[agent_ids])
-            np.testing.assert_array_equal(rewards, 1.0)
-            for row, row_obs in zip(agent_ids, obs, strict=True):
-                seen[int(row)].append(row_obs.copy())
-            env.send(greedy(obs))
-            return agent_ids.copy()
-
-        # Workers 1 and 2 are held back, so every batch gathers the non-neighbours 0 and 3.
-        for _ in range(10):
-            assert serve().tolist() == [0, 3]
-        gate.touch()
-        while len(seen[1]) < 3 or len(seen[2]) < 3:
-            assert len(seen[0]) <= steps, "workers 1 and 2 never came back after the gate opened"
-            serve()
-        for i in range(4):
-            np.testing.assert_array_equal(np.stack(seen[i]), reference[: len(seen[i]), i])
+        batch = env.recv()  # right after reset: the reset observations
+        assert batch.agent_ids.tolist() == [0, 1, 2, 3] and batch.masks.all()
+        np.testing.assert_array_equal(batch.observations, reference[0])
+        # Workers 1 and 2 cannot finish this step until the gate opens, yet send() returns.
+        env.send(greedy(obs))
         with pytest.raises(RuntimeError, match="in flight"):
             env.step(np.zeros(4, dtype=np.int64))
+        with pytest.raises(RuntimeError, match="send\\(\\) called twice"):
+            env.send(np.zeros(4, dtype=np.int64))
+        gate.touch()
+        for t in range(1, steps + 1):
+            obs, rewards, terminals, truncations, final_obs, infos, agent_ids, masks = env.recv()
+            np.testing.assert_array_equal(obs, reference[t])
+            np.testing.assert_array_equal(rewards, 1.0)
+            assert agent_ids.tolist() == [0, 1, 2, 3] and masks.all()
+            if t < steps:
+                env.send(greedy(obs))
+        with pytest.raises(RuntimeError, match="recv\\(\\) has no step to collect"):
+            env.recv()
     finally:
         env.close()
 

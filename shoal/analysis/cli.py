@@ -7,7 +7,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from rich.columns import Columns
@@ -16,9 +16,23 @@ from rich.markup import escape
 from rich.table import Table
 
 from shoal.analysis import stats
-from shoal.analysis.sweeps import DEFAULT_SWEEPS_DIR, SweepNotFoundError, load_sweep
+from shoal.analysis.sweeps import SweepNotFoundError, load_sweep
+from shoal.core.checks import positive_arg
+from shoal.sweep.storage import SWEEP_DIR
+
+if TYPE_CHECKING:
+    from shoal.analysis.analyze import SweepAnalysis
+    from shoal.analysis.reproduce import Job
+    from shoal.analysis.runs import Run
+    from shoal.analysis.sweeps import Sweep
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+REPRO_COLUMNS = {
+    "source_trial": "config",
+    "ci_low": "95% CI low",
+    "ci_high": "95% CI high",
+    "original": "sweep score",
+}
 
 
 def _console() -> Console:
@@ -44,23 +58,10 @@ def _add_sweep_location(parser: argparse.ArgumentParser) -> None:
         "--sweep-dir",
         "--sweeps-dir",
         dest="sweeps_dir",
-        default=DEFAULT_SWEEPS_DIR,
+        default=SWEEP_DIR,
         metavar="DIR",
         help="folder of sweep journal files (default sweeps)",
     )
-
-
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if value <= 0 or (isinstance(value, float) and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    return parse
 
 
 def _table(frame: pd.DataFrame, title: str, index: bool = False) -> Table:
@@ -82,6 +83,22 @@ def _metrics_frame(frame: pd.DataFrame, extra: list[str] | None = None) -> pd.Da
     return shown.rename(columns={"cost": "cost (s)", "steps": "agent steps", "sps": "steps/s"})
 
 
+def _repro_table(summary: pd.DataFrame, title: str) -> Table:
+    """A reproduction summary (stats.reproduction_summary) with configs named and columns labelled."""
+    shown = summary.copy()
+    shown["source_trial"] = [stats.config_label(int(s)) for s in shown["source_trial"]]
+    return _table(shown.rename(columns=REPRO_COLUMNS), title)
+
+
+def _error(console: Console, message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
+
+
+def _storage_error(console: Console, what: str, where: str, error: Exception) -> None:
+    """An unreachable database, a bad URL or a missing driver: say which storage."""
+    _error(console, f"cannot read {what} from {where}: {type(error).__name__}: {error}")
+
+
 # ------------------------------------------------------------------------------------------- analyze
 
 
@@ -101,23 +118,20 @@ def _analyze_parser() -> argparse.ArgumentParser:
         "--vs-storage", metavar="URL", help="storage of the --vs sweep (default: as --storage)"
     )
     parser.add_argument(
-        "--max-cost", type=_positive(float), metavar="S", help="only trials that cost at most S seconds"
+        "--max-cost", type=positive_arg(float), metavar="S", help="only trials that cost at most S seconds"
     )
     parser.add_argument(
         "--min-score", type=float, metavar="X", help="list the fastest trials that reached score X"
     )
     parser.add_argument(
-        "--top", type=_positive(int), default=10, metavar="N", help="top-N table size (default 10)"
+        "--top", type=positive_arg(int), default=10, metavar="N", help="top-N table size (default 10)"
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (default sweeps/NAME-report/)")
     _add_sweep_location(parser)
     return parser
 
 
-def _print_analysis(console: Console, analysis: Any) -> None:
-    from shoal.analysis.analyze import SweepAnalysis
-
-    assert isinstance(analysis, SweepAnalysis)
+def _print_analysis(console: Console, analysis: SweepAnalysis) -> None:
     sweep = analysis.sweep
     trials = sweep.trials
     best = trials.loc[trials["score"].idxmax()] if trials["score"].notna().any() else None
@@ -149,26 +163,27 @@ def _print_analysis(console: Console, analysis: Any) -> None:
         console.print(_table(analysis.importance.table, "Parameter importance for the score", index=True))
     if analysis.importance.message:
         console.print(f"[yellow]importance: {escape(analysis.importance.message)}[/yellow]", markup=True)
+    _print_reproductions(console, analysis)
+
+
+def _print_reproductions(console: Console, analysis: SweepAnalysis) -> None:
+    sweep = analysis.sweep
     if not sweep.reproductions.empty:
-        summary = analysis.repro_summary.copy()
-        summary["source_trial"] = [stats.config_label(int(s)) for s in summary["source_trial"]]
-        summary = summary.rename(
-            columns={
-                "source_trial": "config",
-                "ci_low": "95% CI low",
-                "ci_high": "95% CI high",
-                "original": "sweep score",
-            }
-        )
-        console.print(_table(summary, f"Seed re-runs ({sweep.name}:reproduce)"))
-        for test in analysis.repro_tests:
-            _print_verdict(console, test)
+        console.print(_repro_table(analysis.repro_summary, f"Seed re-runs ({sweep.name}:reproduce)"))
+        _print_repro_tests(console, analysis.repro_tests)
     else:
         console.print(
             f"[dim]no seed re-runs yet: `shoal reproduce {escape(sweep.name)} --top 3 --seeds 5` tests "
             "whether the top configs really differ[/dim]",
             markup=True,
         )
+
+
+def _print_repro_tests(console: Console, tests: stats.ReproductionTests) -> None:
+    if tests.selection:
+        console.print(f"[dim]how the best was chosen: {escape(tests.selection)}[/dim]", markup=True)
+    for test in tests.tests:
+        _print_verdict(console, test)
 
 
 def _print_verdict(console: Console, comparison: stats.Comparison) -> None:
@@ -189,46 +204,12 @@ def analyze_main(argv: list[str]) -> int:
     from shoal.analysis.analyze import analyze_sweep, compare_sweeps, write_outputs
 
     console = _console()
-    try:
-        sweeps = [load_sweep(args.name, args.storage, args.sweeps_dir)]
-        if args.vs:
-            sweeps.append(load_sweep(args.vs, args.vs_storage or args.storage, args.sweeps_dir))
-    except SweepNotFoundError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False)
-        return EXIT_ERROR
-    except Exception as e:  # unreachable database, bad URL, missing driver: say which storage
-        where = args.storage or f"{args.sweeps_dir}/*.journal"
-        message = f"cannot read sweeps from {where}: {type(e).__name__}: {e}"
-        console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
-        return EXIT_ERROR
-    empty = [s for s in sweeps if s.empty]
-    for sweep in empty:
-        console.print(sweep.empty_message())
-    if empty:
+    sweeps = _load_sweeps(console, args)
+    if sweeps is None:
         return EXIT_ERROR
     analyses = [analyze_sweep(s, args.max_cost, args.min_score, args.top) for s in sweeps]
     between = compare_sweeps(analyses[0], analyses[1], args.top) if len(analyses) == 2 else None
-
-    if between is None:
-        console.print(_table(_metrics_frame(analyses[0].front_cost), "Pareto front: score vs cost"))
-        console.print(_table(_metrics_frame(analyses[0].front_steps), "Pareto front: score vs agent steps"))
-    else:
-        console.print(
-            Columns(
-                [
-                    _table(_metrics_frame(a.front_cost), f"Front (score vs cost): {a.sweep.name}")
-                    for a in analyses
-                ]
-            )
-        )
-        console.print(
-            Columns(
-                [
-                    _table(_metrics_frame(a.front_steps), f"Front (score vs steps): {a.sweep.name}")
-                    for a in analyses
-                ]
-            )
-        )
+    _print_fronts(console, analyses)
     for analysis in analyses:
         _print_analysis(console, analysis)
     if between is not None:
@@ -236,12 +217,45 @@ def analyze_main(argv: list[str]) -> int:
         console.print(f"compared: {between.label}")
         for note in between.notes:
             console.print(f"[dim]{escape(note)}[/dim]", markup=True)
-        _print_verdict(console, between.comparison)
+        if between.comparison is not None:
+            _print_verdict(console, between.comparison)
 
     out = Path(args.out) if args.out else Path(args.sweeps_dir) / f"{args.name}-report"
     written = write_outputs(analyses, out, between)
     console.print(f"wrote {len(written)} files to {out}/ (open {out / 'report.html'})")
     return EXIT_OK
+
+
+def _load_sweeps(console: Console, args: argparse.Namespace) -> list[Sweep] | None:
+    """The sweep and the --vs sweep, or None (with the reason printed) if one is missing or empty."""
+    try:
+        sweeps = [load_sweep(args.name, args.storage, args.sweeps_dir)]
+        if args.vs:
+            sweeps.append(load_sweep(args.vs, args.vs_storage or args.storage, args.sweeps_dir))
+    except SweepNotFoundError as e:
+        _error(console, str(e))
+        return None
+    except Exception as e:
+        _storage_error(console, "sweeps", args.storage or f"{args.sweeps_dir}/*.journal", e)
+        return None
+    empty = [s for s in sweeps if s.empty]
+    for sweep in empty:
+        console.print(sweep.empty_message())
+    return None if empty else sweeps
+
+
+def _print_fronts(console: Console, analyses: list[SweepAnalysis]) -> None:
+    """Both fronts of one sweep, or of two sweeps side by side."""
+    if len(analyses) == 1:
+        console.print(_table(_metrics_frame(analyses[0].front_cost), "Pareto front: score vs cost"))
+        console.print(_table(_metrics_frame(analyses[0].front_steps), "Pareto front: score vs agent steps"))
+        return
+    for field, what in (("front_cost", "cost"), ("front_steps", "steps")):
+        tables = [
+            _table(_metrics_frame(getattr(a, field)), f"Front (score vs {what}): {a.sweep.name}")
+            for a in analyses
+        ]
+        console.print(Columns(tables))
 
 
 # ------------------------------------------------------------------------------------------- reproduce
@@ -257,19 +271,19 @@ def _reproduce_parser() -> argparse.ArgumentParser:
         "--top", type=int, default=3, metavar="K", help="re-run the K best configs (default 3)"
     )
     parser.add_argument(
-        "--seeds", type=_positive(int), default=5, metavar="S", help="seeds per config (default 5)"
+        "--seeds", type=positive_arg(int), default=5, metavar="S", help="seeds per config (default 5)"
     )
     parser.add_argument(
         "--config", metavar="FILE", help="also re-run this config (.toml or a run's config.json)"
     )
     parser.add_argument(
         "--max-cost",
-        type=_positive(float),
+        type=positive_arg(float),
         metavar="S",
         help="pick the top configs among trials that cost at most S seconds",
     )
     parser.add_argument(
-        "--workers", type=_positive(int), default=1, metavar="N", help="parallel runs (default 1)"
+        "--workers", type=positive_arg(int), default=1, metavar="N", help="parallel runs (default 1)"
     )
     parser.add_argument(
         "--train-fn", metavar="MODULE:FUNCTION", help="train function (default shoal.train.train)"
@@ -286,26 +300,13 @@ def reproduce_main(argv: list[str], train_fn: Callable[..., Any] | None = None) 
     args = _run_parser(_reproduce_parser(), argv)
     if isinstance(args, int):
         return args
-    from shoal.analysis.reproduce import plan_jobs, reproduce, resolve_train_fn
-    from shoal.core.config import ConfigError
+    from shoal.analysis.reproduce import reproduce
 
     console = _console()
-    try:
-        if args.train_fn:
-            train_fn = resolve_train_fn(args.train_fn)
-        sweep = load_sweep(args.name, args.storage, args.sweeps_dir)
-        if args.top > 0 and sweep.empty:
-            console.print(sweep.empty_message())
-            return EXIT_ERROR
-        jobs = plan_jobs(sweep, args.top, args.seeds, args.max_cost, args.config)
-    except (SweepNotFoundError, ValueError, FileNotFoundError, ConfigError) as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False)
+    planned = _plan_reproduction(console, args, train_fn)
+    if planned is None:
         return EXIT_ERROR
-    except Exception as e:  # unreachable database, bad URL, missing driver: say which storage
-        where = args.storage or f"{args.sweeps_dir}/{args.name}.journal"
-        message = f"cannot read sweep '{args.name}' from {where}: {type(e).__name__}: {e}"
-        console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
-        return EXIT_ERROR
+    sweep, jobs, train_fn = planned
     sources = sorted({j.source_trial for j in jobs}, key=lambda s: (s < 0, s))
     console.print(
         f"reproducing {', '.join(stats.config_label(s) for s in sources)} of '{sweep.name}' with "
@@ -321,26 +322,12 @@ def reproduce_main(argv: list[str], train_fn: Callable[..., Any] | None = None) 
             console.print(f"{label}: score {outcome.score:.4g}, cost {outcome.cost:.1f} s")
 
     outcomes = reproduce(sweep, jobs, args.storage, args.sweeps_dir, args.workers, train_fn, report)
-    failed = [o for o in outcomes if o.error]
     updated = load_sweep(args.name, args.storage, args.sweeps_dir)
     summary = stats.reproduction_summary(updated.reproductions, updated.trials)
     if not summary.empty:
-        summary["source_trial"] = [stats.config_label(int(s)) for s in summary["source_trial"]]
-        console.print(
-            _table(
-                summary.rename(
-                    columns={
-                        "source_trial": "config",
-                        "ci_low": "95% CI low",
-                        "ci_high": "95% CI high",
-                        "original": "sweep score",
-                    }
-                ),
-                "Seed re-runs so far",
-            )
-        )
-        for test in stats.reproduction_tests(updated.reproductions):
-            _print_verdict(console, test)
+        console.print(_repro_table(summary, "Seed re-runs so far"))
+        _print_repro_tests(console, stats.reproduction_tests(updated.reproductions, updated.trials))
+    failed = [o for o in outcomes if o.error]
     if failed:
         console.print(
             f"[red]{len(failed)} of {len(outcomes)} run(s) failed[/red] (stored as FAIL trials with "
@@ -349,6 +336,33 @@ def reproduce_main(argv: list[str], train_fn: Callable[..., Any] | None = None) 
         )
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _plan_reproduction(
+    console: Console, args: argparse.Namespace, train_fn: Callable[..., Any] | None
+) -> tuple[Sweep, list[Job], Callable[..., Any] | None] | None:
+    """(sweep, jobs, train function) of the re-runs asked for, or None with the reason printed."""
+    from shoal.analysis.reproduce import plan_jobs
+    from shoal.core.config import ConfigError
+    from shoal.sweep.runner import resolve_train_fn
+
+    try:
+        if args.train_fn:
+            train_fn = resolve_train_fn(args.train_fn)
+        sweep = load_sweep(args.name, args.storage, args.sweeps_dir)
+        if args.top > 0 and sweep.empty:
+            console.print(sweep.empty_message())
+            return None
+        jobs = plan_jobs(sweep, args.top, args.seeds, args.max_cost, args.config)
+    except (SweepNotFoundError, ValueError, FileNotFoundError, ConfigError) as e:
+        _error(console, str(e))
+        return None
+    except Exception as e:
+        _storage_error(
+            console, f"sweep '{args.name}'", args.storage or f"{args.sweeps_dir}/{args.name}.journal", e
+        )
+        return None
+    return sweep, jobs, train_fn
 
 
 # ------------------------------------------------------------------------------------------- compare
@@ -374,68 +388,12 @@ def compare_main(argv: list[str]) -> int:
     if isinstance(args, int):
         return args
     from shoal.analysis import plots
-    from shoal.analysis.runs import RunError, load_run
 
     console = _console()
-    try:
-        runs = [load_run(path) for path in args.runs]
-    except RunError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False)
+    runs = _load_runs(console, args.runs, args.metric)
+    if runs is None:
         return EXIT_ERROR
-    names = [run.name for run in runs]
-    for run in runs:
-        if names.count(run.name) > 1:
-            run.name = str(run.path)
-        for note in run.notes:
-            console.print(f"[dim]{escape(run.name)}: {escape(note)}[/dim]", markup=True)
-    missing = [run.name for run in runs if args.metric not in run.metrics]
-    if len(missing) == len(runs):
-        keys = sorted(set().union(*(set(r.metrics.columns) for r in runs)))
-        console.print(
-            f"[red]error:[/red] no run has metric '{escape(args.metric)}'; available: {', '.join(keys)}",
-            markup=True,
-        )
-        return EXIT_ERROR
-    for name in missing:
-        console.print(
-            f"[yellow]{escape(name)} has no metric '{escape(args.metric)}'; left out of the curves[/yellow]",
-            markup=True,
-        )
-
-    table = Table(title=f"Runs ({args.metric})", title_style="bold", header_style="bold cyan")
-    for column in (
-        "run",
-        "env",
-        f"final {args.metric}",
-        f"best {args.metric}",
-        "agent steps",
-        "wall time (s)",
-        "steps/s",
-    ):
-        table.add_column(column, justify="left" if column in ("run", "env") else "right")
-    if args.min_score is not None:
-        table.add_column(f"time to {args.min_score:g} (s)", justify="right")
-        table.add_column(f"steps to {args.min_score:g}", justify="right")
-    for run in runs:
-        best = pd.to_numeric(run.metrics.get(args.metric, pd.Series(dtype=float)), errors="coerce").max()
-        cells = [
-            run.name,
-            run.env or "-",
-            stats.format_value(run.final(args.metric)),
-            stats.format_value(best),
-            stats.format_value(run.final("agent_steps")),
-            stats.format_value(run.final("wall_time")),
-            stats.format_value(run.steps_per_second()),
-        ]
-        if args.min_score is not None:
-            seconds, steps = run.time_to_reach(args.min_score, args.metric)
-            cells += [
-                "never" if math.isnan(seconds) else stats.format_value(seconds),
-                "never" if math.isnan(steps) else stats.format_value(steps),
-            ]
-        table.add_row(*cells)
-    console.print(table)
-
+    console.print(_runs_table(runs, args.metric, args.min_score))
     out = Path(args.out)
     written = [
         plots.plot_run_curves(runs, out / "compare_wall_time.png", "wall_time", args.metric, args.min_score),
@@ -445,3 +403,72 @@ def compare_main(argv: list[str]) -> int:
     ]
     console.print("wrote " + ", ".join(str(p) for p in written))
     return EXIT_OK
+
+
+def _load_runs(console: Console, paths: list[str], metric: str) -> list[Run] | None:
+    """The runs, named uniquely, with their notes printed; None (reason printed) when a folder is
+    unreadable or no run has `metric`."""
+    from shoal.analysis.runs import RunError, load_run
+
+    try:
+        runs = [load_run(path) for path in paths]
+    except RunError as e:
+        _error(console, str(e))
+        return None
+    names = [run.name for run in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            run.name = str(run.path)
+        for note in run.notes:
+            console.print(f"[dim]{escape(run.name)}: {escape(note)}[/dim]", markup=True)
+    missing = [run.name for run in runs if metric not in run.metrics]
+    if len(missing) == len(runs):
+        keys = sorted(set().union(*(set(r.metrics.columns) for r in runs)))
+        console.print(
+            f"[red]error:[/red] no run has metric '{escape(metric)}'; available: {', '.join(keys)}",
+            markup=True,
+        )
+        return None
+    for name in missing:
+        console.print(
+            f"[yellow]{escape(name)} has no metric '{escape(metric)}'; left out of the curves[/yellow]",
+            markup=True,
+        )
+    return runs
+
+
+def _runs_table(runs: list[Run], metric: str, min_score: float | None) -> Table:
+    """One row per run: final and best `metric`, steps, time, speed (and the time to min_score)."""
+    table = Table(title=f"Runs ({metric})", title_style="bold", header_style="bold cyan")
+    for column in (
+        "run",
+        "env",
+        f"final {metric}",
+        f"best {metric}",
+        "agent steps",
+        "wall time (s)",
+        "steps/s",
+    ):
+        table.add_column(column, justify="left" if column in ("run", "env") else "right")
+    if min_score is not None:
+        table.add_column(f"time to {min_score:g} (s)", justify="right")
+        table.add_column(f"steps to {min_score:g}", justify="right")
+    for run in runs:
+        best = pd.to_numeric(run.metrics.get(metric, pd.Series(dtype=float)), errors="coerce").max()
+        cells = [
+            run.name,
+            run.env or "-",
+            stats.format_value(run.final(metric)),
+            stats.format_value(best),
+            stats.format_value(run.final("agent_steps")),
+            stats.format_value(run.final("wall_time")),
+            stats.format_value(run.steps_per_second()),
+        ]
+        if min_score is not None:
+            seconds, steps = run.time_to_reach(min_score, metric)
+            cells += [
+                "never" if math.isnan(seconds) else stats.format_value(seconds),
+                "never" if math.isnan(steps) else stats.format_value(steps),
+            ]
+        table.add_row(*cells)
+    return table

@@ -7,18 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, NullLocator
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm, Normalize  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, NullLocator  # noqa: E402
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution  # noqa: E402
-
-from shoal.analysis.stats import config_label, pareto_front, reproduction_summary  # noqa: E402
-from shoal.core.fileio import write_atomic  # noqa: E402
+from shoal.analysis.stats import config_label, pareto_front, reproduction_summary
+from shoal.core.fileio import write_atomic
 
 STYLE = {
     "figure.dpi": 110,
@@ -44,17 +41,16 @@ AXIS_LABELS = {
 }
 
 
-def save_figure(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write a figure as PNG via a temp file and os.replace, so readers never see half a file."""
-    try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def _figure(width: float = 7.5, height: float = 4.8, **kwargs: Any) -> tuple[Any, Any]:
+def _figure(width: float = 7.5, height: float = 4.8, **kwargs: Any) -> tuple[Figure, Any]:
+    # A bare Figure, not pyplot: no GUI backend to pick and no global figure list to close.
     # Constrained layout fits labels while drawing once; bbox_inches="tight" would draw twice.
-    return plt.subplots(figsize=(width, height), layout="constrained", **kwargs)
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots(**kwargs)
 
 
 def _finite(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -77,7 +73,7 @@ def plot_fronts(
     max_cost: float | None = None,
 ) -> Path:
     """Score against cost (or agent steps) for one or two sweeps: faint trials, front as a step line."""
-    with plt.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE):
         fig, ax = _figure()
         drawn = False
         for i, (name, frame) in enumerate(sweeps):
@@ -121,7 +117,7 @@ def plot_fronts(
 
 def plot_sps(sweeps: list[tuple[str, pd.DataFrame]], path: str | Path) -> Path:
     """Steps per second of every trial: throughput differences are machine/config speed, not learning."""
-    with plt.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE):
         fig, ax = _figure()
         drawn = False
         for i, (name, frame) in enumerate(sweeps):
@@ -191,58 +187,25 @@ def plot_param_scatter(
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
     points = _finite(frame, "score", "cost") if not frame.empty else frame
-    with plt.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE):
         fig, axes = _figure(4.2 * cols + 1.2, 3.4 * rows, nrows=rows, ncols=cols, squeeze=False)
-        costs = points["cost"].astype(float) if not points.empty else pd.Series(dtype=float)
-        if len(costs) and costs.min() > 0 and costs.max() > costs.min():
-            norm: Any = LogNorm(vmin=costs.min(), vmax=costs.max())
-        else:
-            norm = Normalize(
-                vmin=float(costs.min()) if len(costs) else 0, vmax=float(costs.max()) + 1 if len(costs) else 1
-            )
+        norm = _cost_norm(points)
         mappable = None
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(0)  # one jitter stream across the panels
         for index, ax in enumerate(axes.flat):
             if index >= len(names):
                 ax.set_visible(False)
                 continue
             name = names[index]
-            dist = distributions.get(name)
             subset = points[points[name].notna()] if name in points else points.iloc[0:0]
-            default = defaults.get(name)
             if subset.empty:
                 _no_data(ax, "no values")
             elif not _numeric_values(subset[name]):
-                labels = _ordered_labels(subset[name])
-                position = {label: i for i, label in enumerate(labels)}
-                xs = np.array([position[str(v)] for v in subset[name]], dtype=float)
-                xs += rng.uniform(-0.15, 0.15, size=len(xs))
-                mappable = ax.scatter(xs, subset["score"], c=subset["cost"], cmap="viridis", norm=norm, s=22)
-                ax.set_xticks(range(len(labels)))
-                ax.set_xlim(-0.6, len(labels) - 0.4)
-                ax.set_xticklabels(labels, rotation=20)
-                if default is not None and str(default).lower() in [lbl.lower() for lbl in labels]:
-                    match = [lbl for lbl in labels if lbl.lower() == str(default).lower()][0]
-                    ax.axvline(position[match], color="0.3", linestyle="--", linewidth=1)
+                mappable = _scatter_labels(ax, subset, name, defaults.get(name), norm, rng)
             else:
-                values = subset[name].astype(float)
-                mappable = ax.scatter(
-                    values, subset["score"], c=subset["cost"], cmap="viridis", norm=norm, s=22
+                mappable = _scatter_numbers(
+                    ax, subset, name, defaults.get(name), distributions.get(name), norm
                 )
-                if _log_axis(dist, values):
-                    ax.set_xscale("log")
-                    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-                    ax.xaxis.set_minor_formatter(NullFormatter())
-                if isinstance(dist, CategoricalDistribution):
-                    ax.set_xticks(sorted(values.unique()))  # the few values a sweep can pick
-                    ax.xaxis.set_minor_locator(NullLocator())
-                elif ax.get_xscale() != "log" and (
-                    isinstance(dist, IntDistribution) or (values == values.round()).all()
-                ):
-                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                if isinstance(default, (int, float)) and not isinstance(default, bool):
-                    ax.axvline(default, color="0.3", linestyle="--", linewidth=1, label="default")
-                    ax.legend(loc="best")
             ax.set_title(name, fontsize=10)
             ax.set_xlabel(name + (" (log scale)" if ax.get_xscale() == "log" else ""))
             ax.set_ylabel("score")
@@ -256,9 +219,58 @@ def plot_param_scatter(
         return save_figure(fig, path)
 
 
+def _cost_norm(points: pd.DataFrame) -> Normalize:
+    """The colour scale of cost: logarithmic when the costs are positive and differ."""
+    costs = points["cost"].astype(float) if not points.empty else pd.Series(dtype=float)
+    if len(costs) and costs.min() > 0 and costs.max() > costs.min():
+        return LogNorm(vmin=costs.min(), vmax=costs.max())
+    return Normalize(
+        vmin=float(costs.min()) if len(costs) else 0, vmax=float(costs.max()) + 1 if len(costs) else 1
+    )
+
+
+def _scatter_labels(
+    ax: Any, subset: pd.DataFrame, name: str, default: Any, norm: Normalize, rng: np.random.Generator
+) -> Any:
+    """A panel of a parameter with text values: one jittered column per value."""
+    labels = _ordered_labels(subset[name])
+    position = {label: i for i, label in enumerate(labels)}
+    xs = np.array([position[str(v)] for v in subset[name]], dtype=float)
+    xs += rng.uniform(-0.15, 0.15, size=len(xs))
+    mappable = ax.scatter(xs, subset["score"], c=subset["cost"], cmap="viridis", norm=norm, s=22)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xticklabels(labels, rotation=20)
+    if default is not None and str(default).lower() in [lbl.lower() for lbl in labels]:
+        match = [lbl for lbl in labels if lbl.lower() == str(default).lower()][0]
+        ax.axvline(position[match], color="0.3", linestyle="--", linewidth=1)
+    return mappable
+
+
+def _scatter_numbers(
+    ax: Any, subset: pd.DataFrame, name: str, default: Any, dist: BaseDistribution | None, norm: Normalize
+) -> Any:
+    """A panel of a numeric parameter, on a log axis where it was sampled on one."""
+    values = subset[name].astype(float)
+    mappable = ax.scatter(values, subset["score"], c=subset["cost"], cmap="viridis", norm=norm, s=22)
+    if _log_axis(dist, values):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if isinstance(dist, CategoricalDistribution):
+        ax.set_xticks(sorted(values.unique()))  # the few values a sweep can pick
+        ax.xaxis.set_minor_locator(NullLocator())
+    elif ax.get_xscale() != "log" and (isinstance(dist, IntDistribution) or (values == values.round()).all()):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        ax.axvline(default, color="0.3", linestyle="--", linewidth=1, label="default")
+        ax.legend(loc="best")
+    return mappable
+
+
 def plot_importance(table: pd.DataFrame, path: str | Path, message: str = "") -> Path:
     """Horizontal bars of normalized importance for the score, one bar group per method."""
-    with plt.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE):
         height = max(2.5, 0.45 * max(1, len(table)) + 1.2)
         fig, ax = _figure(7.0, height)
         if table.empty:
@@ -290,74 +302,78 @@ def plot_reproductions(
     reproductions: pd.DataFrame, path: str | Path, originals: pd.DataFrame | None = None, title: str = ""
 ) -> Path:
     """Seed re-run scores per config: box, individual seeds, mean with bootstrap 95% CI, original score."""
-    with plt.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE):
         summary = reproduction_summary(reproductions, originals)
         fig, ax = _figure(max(5.0, 1.3 * len(summary) + 2.5), 4.8)
         if summary.empty:
             _no_data(ax, "no seed re-runs")
         else:
-            rng = np.random.default_rng(0)
-            groups = [
-                reproductions.loc[reproductions["source_trial"] == s, "score"].dropna()
-                for s in summary["source_trial"]
-            ]
-            positions = np.arange(len(summary))
-            ax.boxplot(
-                groups,
-                positions=positions,
-                widths=0.5,
-                showfliers=False,
-                medianprops={"color": "0.3"},
-                boxprops={"color": "0.6"},
-                whiskerprops={"color": "0.6"},
-                capprops={"color": "0.6"},
-            )
-            for pos, values in zip(positions, groups, strict=True):
-                ax.scatter(
-                    pos + rng.uniform(-0.12, 0.12, len(values)),
-                    values,
-                    s=20,
-                    color=SWEEP_COLORS[0],
-                    alpha=0.6,
-                    zorder=3,
-                    label="seed re-run" if pos == 0 else None,
-                )
-            means = summary["mean"].to_numpy()
-            errors = np.array([means - summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy() - means])
-            ax.errorbar(
-                positions + 0.32,
-                means,
-                yerr=np.nan_to_num(errors),
-                fmt="o",
-                color="black",
-                capsize=4,
-                label="mean, bootstrap 95% CI",
-                zorder=4,
-            )
-            if summary["original"].notna().any():
-                ax.scatter(
-                    positions,
-                    summary["original"],
-                    marker="x",
-                    s=60,
-                    color=SWEEP_COLORS[1],
-                    zorder=5,
-                    label="score in the sweep",
-                )
-            ax.set_xticks(positions)
-            ax.set_xticklabels([config_label(int(s)) for s in summary["source_trial"]])
-            ax.legend(loc="best")
+            _draw_reproductions(ax, reproductions, summary)
         ax.set_title(title or "Seed reproduction of the top configs")
         ax.set_xlabel("config")
         ax.set_ylabel("score")
         return save_figure(fig, path)
 
 
+def _draw_reproductions(ax: Any, reproductions: pd.DataFrame, summary: pd.DataFrame) -> None:
+    rng = np.random.default_rng(0)
+    groups = [
+        reproductions.loc[reproductions["source_trial"] == s, "score"].dropna()
+        for s in summary["source_trial"]
+    ]
+    positions = np.arange(len(summary))
+    ax.boxplot(
+        groups,
+        positions=positions,
+        widths=0.5,
+        showfliers=False,
+        medianprops={"color": "0.3"},
+        boxprops={"color": "0.6"},
+        whiskerprops={"color": "0.6"},
+        capprops={"color": "0.6"},
+    )
+    for pos, values in zip(positions, groups, strict=True):
+        ax.scatter(
+            pos + rng.uniform(-0.12, 0.12, len(values)),
+            values,
+            s=20,
+            color=SWEEP_COLORS[0],
+            alpha=0.6,
+            zorder=3,
+            label="seed re-run" if pos == 0 else None,
+        )
+    means = summary["mean"].to_numpy()
+    errors = np.array([means - summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy() - means])
+    ax.errorbar(
+        positions + 0.32,
+        means,
+        yerr=np.nan_to_num(errors),
+        fmt="o",
+        color="black",
+        capsize=4,
+        label="mean, bootstrap 95% CI",
+        zorder=4,
+    )
+    if summary["original"].notna().any():
+        ax.scatter(
+            positions,
+            summary["original"],
+            marker="x",
+            s=60,
+            color=SWEEP_COLORS[1],
+            zorder=5,
+            label="score in the sweep",
+        )
+    ax.set_xticks(positions)
+    ax.set_xticklabels([config_label(int(s)) for s in summary["source_trial"]])
+    ax.legend(loc="best")
+
+
 def plot_top_curves(top: pd.DataFrame, path: str | Path, name: str = "") -> Path:
     """Learning curves (score against cost) of the top trials, from their `curve` user attr."""
-    with plt.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE):
         fig, ax = _figure()
-        cmap = plt.get_cmap("viridis")
+        cmap = matplotlib.colormaps["viridis"]
         drawn = 0
         for i, (_, row) in enumerate(top.iterrows()):
             curve = [p for p in (row["curve"] or []) if p[0] > 0 and not math.isnan(p[2])]
@@ -391,7 +407,7 @@ def plot_run_curves(
     min_score: float | None = None,
 ) -> Path:
     """One line per run of `metric` against wall time or agent steps."""
-    with plt.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE):
         fig, ax = _figure()
         drawn = 0
         for i, run in enumerate(runs):
@@ -404,7 +420,7 @@ def plot_run_curves(
             ax.plot(
                 data[x],
                 data[metric],
-                color=plt.get_cmap("tab10")(i % 10),
+                color=matplotlib.colormaps["tab10"](i % 10),
                 linewidth=1.6,
                 marker="o" if len(data) < 15 else None,
                 markersize=3,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import multiprocessing
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -19,12 +17,12 @@ import optuna
 import pandas as pd
 
 from shoal.analysis import stats
-from shoal.analysis.sweeps import DEFAULT_SWEEPS_DIR, REPRODUCE_SUFFIX, Sweep, config_key, open_storage
+from shoal.analysis.sweeps import REPRODUCE_SUFFIX, Sweep, config_key, open_storage
+from shoal.core.checks import check_positive_int
+from shoal.sweep.runner import TrainFn, recent_score, resolve_train_fn, share_threads
+from shoal.sweep.storage import SWEEP_DIR
 
-TrainFn = Callable[..., Any]
 FIRST_SEED = 1000  # re-run seeds start here, far from the small seeds sweeps usually use
-# The score of a run is the mean of its last few epoch scores, as `shoal sweep` computes it.
-SCORE_WINDOW = 3
 
 
 @dataclass
@@ -45,27 +43,6 @@ class Outcome:
     curve: list[list[float]]
     config: dict[str, Any]
     error: str = ""
-
-
-def _default_train() -> TrainFn:
-    from shoal.train import train
-
-    return train
-
-
-def resolve_train_fn(spec: str) -> TrainFn:
-    """'package.module:function' -> the function (for --train-fn)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"--train-fn must look like MODULE:FUNCTION (e.g. shoal.train:train), got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"--train-fn {spec}: cannot import {module_name}: {e}") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise ValueError(f"--train-fn {spec}: {module_name} has no function {attr!r}")
-    return function
 
 
 def pick_seeds(count: int, used: set[int]) -> list[int]:
@@ -109,8 +86,7 @@ def plan_jobs(
     Seeds differ from each config's original seed and from seeds it was already re-run with, so
     running reproduce again adds evidence instead of repeating it.
     """
-    if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    check_positive_int("seeds", seeds)
     if top < 0:
         raise ValueError(f"--top must be 0 or more, got {top}")
     sources: list[tuple[int, dict[str, Any], float, int | None]] = []
@@ -173,13 +149,8 @@ def job_config(job: Job, sweep_name: str, workers: int) -> Any:
     if getattr(cfg.run, "resume", ""):
         cfg.run.resume = ""  # a re-run must start fresh, not continue the original run's checkpoint
     if workers > 1:
-        # Parallel runs share the machine: split the automatic thread counts and silence dashboards.
-        share = max(1, (os.cpu_count() or 1) // workers)
-        if cfg.train.torch_threads == 0:
-            cfg.train.torch_threads = share
-        if cfg.env.num_threads == 0:
-            cfg.env.num_threads = share
-        cfg.run.quiet = True
+        share_threads(cfg, workers)
+        cfg.run.quiet = True  # parallel dashboards would overwrite each other
     return cfg
 
 
@@ -214,7 +185,7 @@ def run_job(job: Job, sweep_name: str, workers: int, train_fn: TrainFn | None = 
         cfg = job_config(job, sweep_name, workers)
         config = cfg.to_dict()
         start = time.monotonic()
-        result = (train_fn or _default_train())(cfg, on_epoch=on_epoch)
+        result = resolve_train_fn(train_fn)(cfg, on_epoch=on_epoch)
         cost = time.monotonic() - start
         metrics = dict(getattr(result, "metrics", None) or last)
         steps = _number(metrics.get("agent_steps"))
@@ -222,8 +193,7 @@ def run_job(job: Job, sweep_name: str, workers: int, train_fn: TrainFn | None = 
         seconds = _number(metrics.get("wall_time", cost))
         if not math.isfinite(sps) and math.isfinite(steps) and seconds > 0:
             sps = steps / seconds
-        recent = [point[2] for point in curve[-SCORE_WINDOW:]]
-        score = sum(recent) / len(recent) if recent else _number(metrics.get("score"))
+        score = recent_score(curve) if curve else _number(metrics.get("score"))
         error = "" if math.isfinite(score) else "no episode finished during the run (score stayed NaN)"
         return Outcome(job, score, cost, steps, sps, curve, config, error)
     except Exception as e:
@@ -269,14 +239,13 @@ def reproduce(
     sweep: Sweep,
     jobs: list[Job],
     storage: str | None = None,
-    sweeps_dir: str | Path = DEFAULT_SWEEPS_DIR,
+    sweeps_dir: str | Path = SWEEP_DIR,
     workers: int = 1,
     train_fn: TrainFn | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
     """Run the jobs (in `workers` processes when > 1) and record each as it finishes."""
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+    check_positive_int("workers", workers)
     opened = open_storage(sweep.name, storage, sweeps_dir, create=True)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what is being created

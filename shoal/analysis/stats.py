@@ -18,6 +18,9 @@ from optuna.distributions import (
 )
 from scipy import stats as scipy_stats
 
+from shoal.core.checks import check_positive_int
+from shoal.sweep.pareto import pareto_front as front_indices
+
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000
 # Fewer completed trials than this and importance estimates are noise, so none are reported.
@@ -35,15 +38,7 @@ def pareto_front(frame: pd.DataFrame, x: str = "cost", y: str = "score") -> pd.D
     """
     if frame.empty:
         return frame.copy()
-    valid = frame[np.isfinite(frame[x].astype(float)) & np.isfinite(frame[y].astype(float))]
-    ordered = valid.sort_values([x, y], ascending=[True, False], kind="mergesort")
-    keep = []
-    best = -math.inf
-    for index, score in zip(ordered.index, ordered[y], strict=True):
-        if score > best:
-            keep.append(index)
-            best = score
-    return ordered.loc[keep]
+    return frame.iloc[front_indices(frame[x].astype(float).tolist(), frame[y].astype(float).tolist())]
 
 
 def filter_max_cost(frame: pd.DataFrame, max_cost: float | None) -> pd.DataFrame:
@@ -84,8 +79,7 @@ def fastest_to_score(frame: pd.DataFrame, min_score: float) -> pd.DataFrame:
 
 def top_n(frame: pd.DataFrame, n: int, max_cost: float | None = None) -> pd.DataFrame:
     """The ``n`` best-scoring trials (under ``max_cost`` when given), best first."""
-    if n < 1:
-        raise ValueError(f"top N must be at least 1, got {n}")
+    check_positive_int("top N", n)
     candidates = filter_max_cost(frame, max_cost)
     candidates = candidates[np.isfinite(candidates["score"])]
     return candidates.sort_values(["score", "cost"], ascending=[False, True], kind="mergesort").head(n)
@@ -304,6 +298,19 @@ def param_importance(
         usable = _usable_distribution(distributions[name], valid[name])
         if usable is not None:
             dists[name] = usable
+    columns, problems = _importances(_scratch_study(valid, dists), methods, seed)
+    if not columns:
+        return Importance(pd.DataFrame(), "; ".join(problems))
+    table = pd.DataFrame(columns).reindex(list(dists)).fillna(0.0)
+    table = table.sort_values(list(columns)[0], ascending=False)
+    table.index.name = "parameter"
+    if partial:
+        problems.append(f"left out because not every trial set them: {', '.join(sorted(partial))}")
+    return Importance(table, "; ".join(problems), list(columns))
+
+
+def _scratch_study(valid: pd.DataFrame, dists: dict[str, BaseDistribution]) -> optuna.Study:
+    """An in-memory single-objective study holding each row of `valid` as a completed trial."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the scratch study is not news to the user
     try:
@@ -317,6 +324,13 @@ def param_importance(
             optuna.trial.create_trial(params=params, distributions=dists, value=float(row["score"]))
         )
     study.add_trials(trials)
+    return study
+
+
+def _importances(
+    study: optuna.Study, methods: tuple[str, ...], seed: int
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """({method: {parameter: normalized importance}}, a message per method that failed)."""
     evaluators = {
         "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=seed),
         # PED-ANOVA treats lower targets as better, so it is given the negated score below.
@@ -336,14 +350,7 @@ def param_importance(
                 )
         except Exception as e:  # one evaluator failing (e.g. degenerate data) leaves the other
             problems.append(f"{method} failed: {e}")
-    if not columns:
-        return Importance(pd.DataFrame(), "; ".join(problems))
-    table = pd.DataFrame(columns).reindex(list(dists)).fillna(0.0)
-    table = table.sort_values(list(columns)[0], ascending=False)
-    table.index.name = "parameter"
-    if partial:
-        problems.append(f"left out because not every trial set them: {', '.join(sorted(partial))}")
-    return Importance(table, "; ".join(problems), list(columns))
+    return columns, problems
 
 
 def _python_value(value: Any, dist: BaseDistribution) -> Any:
@@ -362,6 +369,11 @@ def _clean(values: Any) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
+def _resampled_means(rng: np.random.Generator, data: np.ndarray, resamples: int) -> np.ndarray:
+    """Means of `resamples` bootstrap samples (drawn with replacement) of `data`."""
+    return rng.choice(data, size=(resamples, len(data)), replace=True).mean(axis=1)
+
+
 def bootstrap_ci(
     values: Any, confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> tuple[float, float]:
@@ -371,8 +383,7 @@ def bootstrap_ci(
         return math.nan, math.nan
     if len(data) == 1:
         return float(data[0]), float(data[0])
-    rng = np.random.default_rng(seed)
-    means = rng.choice(data, size=(resamples, len(data)), replace=True).mean(axis=1)
+    means = _resampled_means(np.random.default_rng(seed), data, resamples)
     tail = (1 - confidence) / 2 * 100
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
@@ -413,6 +424,9 @@ class Comparison:
     significant: bool
     alpha: float
     note: str = ""
+    # Set when this is one of several tests: the Holm-adjusted p-value and how many tests.
+    p_adjusted: float = math.nan
+    family: int = 1
 
     @property
     def verdict(self) -> str:
@@ -424,8 +438,13 @@ class Comparison:
             f"{self.label_a} (n={self.a.n}, mean {format_value(self.a.mean)}) vs {self.label_b} "
             f"(n={self.b.n}, mean {format_value(self.b.mean)}): difference {format_value(self.diff)} "
             f"[{(1 - self.alpha) * 100:g}% CI {format_value(low)} .. {format_value(high)}], "
-            f"Mann-Whitney U p={self.p_value:.3g} "
-            f"-> {self.verdict} at alpha {self.alpha}"
+            f"Mann-Whitney U p={self.p_value:.3g}"
+            + (
+                f", Holm-adjusted over {self.family} tests p={self.p_adjusted:.3g}"
+                if self.family > 1 and math.isfinite(self.p_adjusted)
+                else ""
+            )
+            + f" -> {self.verdict} at alpha {self.alpha}"
         )
         return line + (f" ({self.note})" if self.note else "")
 
@@ -471,9 +490,7 @@ def compare_samples(
     else:
         p_value = float(scipy_stats.mannwhitneyu(x, y, alternative="two-sided", method="auto").pvalue)
     rng = np.random.default_rng(seed)
-    diffs = rng.choice(x, size=(resamples, len(x)), replace=True).mean(axis=1) - rng.choice(
-        y, size=(resamples, len(y)), replace=True
-    ).mean(axis=1)
+    diffs = _resampled_means(rng, x, resamples) - _resampled_means(rng, y, resamples)
     tail = alpha / 2 * 100
     diff_ci = (float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail)))
     excludes_zero = diff_ci[0] > 0 or diff_ci[1] < 0
@@ -528,17 +545,70 @@ def config_label(source_trial: int) -> str:
     return "config file" if source_trial == -1 else f"config file #{-source_trial}"
 
 
-def reproduction_tests(reproductions: pd.DataFrame, alpha: float = ALPHA) -> list[Comparison]:
-    """The config with the best mean re-run score against each other re-run config."""
-    summary = reproduction_summary(reproductions)
-    if len(summary) < 2:
-        return []
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order); NaN p-values stay NaN and do not count."""
+    finite = sorted((p, i) for i, p in enumerate(p_values) if math.isfinite(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        # Monotone: a smaller raw p-value never gets a larger adjusted one than the next.
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass
+class ReproductionTests:
+    """The best re-run config against each other one, Holm-corrected, and how the best was chosen."""
+
+    best: int | None = None
+    selection: str = ""
+    tests: list[Comparison] = field(default_factory=list)
+
+
+def _pick_best(summary: pd.DataFrame) -> tuple[int, str]:
+    """The config to test the others against, chosen where possible on data the tests do not use."""
+    swept = summary[(summary["source_trial"] >= 0) & summary["original"].notna()]
+    if not swept.empty:
+        row = swept.loc[swept["original"].idxmax()]
+        return int(row["source_trial"]), (
+            f"{config_label(int(row['source_trial']))} is tested against the others because it has the best "
+            f"score in the sweep ({format_value(row['original'])}); the tests use only the fresh seed "
+            "re-runs, so the choice does not bias them"
+        )
     best = int(summary["source_trial"].iloc[0])
+    return best, (
+        f"{config_label(best)} has the best mean re-run score and is tested on those same re-runs: "
+        "choosing the best on the data that tests it biases the tests towards it (no sweep score "
+        "was available to choose by)"
+    )
+
+
+def reproduction_tests(
+    reproductions: pd.DataFrame, originals: pd.DataFrame | None = None, alpha: float = ALPHA
+) -> ReproductionTests:
+    """The config with the best sweep score (`originals`: the sweep's trials frame) against each
+    other re-run config, on the re-runs only, with Holm's correction for the k - 1 tests.
+
+    Without sweep scores (config files only, or no `originals`) the best re-run mean is taken,
+    and the selection text says that this biases the tests.
+    """
+    summary = reproduction_summary(reproductions, originals)
+    if len(summary) < 2:
+        return ReproductionTests()
+    best, selection = _pick_best(summary)
     best_scores = reproductions.loc[reproductions["source_trial"] == best, "score"]
     tests = []
-    for other in summary["source_trial"].iloc[1:]:
+    for other in summary["source_trial"]:
+        if int(other) == best:
+            continue
         other_scores = reproductions.loc[reproductions["source_trial"] == other, "score"]
         tests.append(
             compare_samples(best_scores, other_scores, config_label(best), config_label(int(other)), alpha)
         )
-    return tests
+    for test, p_adjusted in zip(tests, holm([t.p_value for t in tests]), strict=True):
+        test.p_adjusted = p_adjusted
+        test.family = len(tests)
+        excludes_zero = test.diff_ci[0] > 0 or test.diff_ci[1] < 0
+        test.significant = bool(math.isfinite(p_adjusted) and p_adjusted < alpha and excludes_zero)
+    return ReproductionTests(best, selection, tests)

@@ -22,8 +22,10 @@ from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from shoal.sweep.storage import SWEEP_DIR, is_url, journal_path
+from shoal.sweep.storage import open_storage as open_rdb_storage
+
 REPRODUCE_SUFFIX = ":reproduce"
-DEFAULT_SWEEPS_DIR = "sweeps"
 
 # Columns of every trials frame, before the parameter columns (whose names are dotted keys).
 BASE_COLUMNS = ["trial", "score", "cost", "steps", "sps", "seed", "curve"]
@@ -33,16 +35,7 @@ class SweepNotFoundError(LookupError):
     """The requested sweep does not exist; the message lists the sweeps that do."""
 
 
-def _is_url(storage: str) -> bool:
-    return "://" in storage
-
-
-def journal_path(name: str, sweeps_dir: str | Path = DEFAULT_SWEEPS_DIR) -> Path:
-    """Where the default journal file of sweep NAME lives."""
-    return Path(sweeps_dir) / f"{name}.journal"
-
-
-def describe_storage(name: str, storage: str | None, sweeps_dir: str | Path = DEFAULT_SWEEPS_DIR) -> str:
+def describe_storage(name: str, storage: str | None, sweeps_dir: str | Path = SWEEP_DIR) -> str:
     """Human-readable location of a sweep's storage, for messages and reports."""
     if storage is None:
         return str(journal_path(name, sweeps_dir))
@@ -52,7 +45,7 @@ def describe_storage(name: str, storage: str | None, sweeps_dir: str | Path = DE
 def open_storage(
     name: str,
     storage: str | None = None,
-    sweeps_dir: str | Path = DEFAULT_SWEEPS_DIR,
+    sweeps_dir: str | Path = SWEEP_DIR,
     create: bool = False,
 ) -> BaseStorage | None:
     """The Optuna storage holding sweep NAME, or None when its journal file does not exist.
@@ -62,10 +55,8 @@ def open_storage(
     is set, because JournalFileBackend creates any path it is given and a typo in a sweep name
     must not leave an empty journal behind.
     """
-    if storage is not None and _is_url(storage):
+    if storage is not None and is_url(storage):
         # The sweep's own opener: it picks the PostgreSQL driver that is installed.
-        from shoal.sweep.storage import open_storage as open_rdb_storage
-
         return open_rdb_storage(storage)
     path = Path(storage) if storage is not None else journal_path(name, sweeps_dir)
     if not path.exists():
@@ -75,9 +66,7 @@ def open_storage(
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def list_sweeps(
-    storage: str | None = None, sweeps_dir: str | Path = DEFAULT_SWEEPS_DIR
-) -> list[tuple[str, str]]:
+def list_sweeps(storage: str | None = None, sweeps_dir: str | Path = SWEEP_DIR) -> list[tuple[str, str]]:
     """(sweep name, where it is stored) for every sweep found.
 
     Scans every ``<sweeps_dir>/*.journal`` and, when given, the studies of ``storage``.
@@ -130,9 +119,7 @@ def _open_study(
     return optuna.load_study(study_name=name, storage=opened), opened, names
 
 
-def load_study(
-    name: str, storage: str | None = None, sweeps_dir: str | Path = DEFAULT_SWEEPS_DIR
-) -> optuna.Study:
+def load_study(name: str, storage: str | None = None, sweeps_dir: str | Path = SWEEP_DIR) -> optuna.Study:
     """The Optuna study of sweep NAME; SweepNotFoundError (listing existing sweeps) if absent."""
     return _open_study(name, storage, sweeps_dir)[0]
 
@@ -266,7 +253,7 @@ def reproduction_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
     return frame
 
 
-def load_sweep(name: str, storage: str | None = None, sweeps_dir: str | Path = DEFAULT_SWEEPS_DIR) -> Sweep:
+def load_sweep(name: str, storage: str | None = None, sweeps_dir: str | Path = SWEEP_DIR) -> Sweep:
     """Load sweep NAME (and its `NAME:reproduce` study, when present).
 
     Raises SweepNotFoundError, whose message lists the sweeps that exist, when NAME is absent.

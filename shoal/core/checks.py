@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 
@@ -24,3 +27,18 @@ def check_positive_int(name: str, value: Any) -> int:
 def check_seed(value: Any) -> int | None:
     """A seed: an integer or None."""
     return None if value is None else check_int("seed", value)
+
+
+def positive_arg(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse `type`: the text as a finite `kind` above 0, else argparse's usage error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value <= 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse

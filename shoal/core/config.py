@@ -68,9 +68,9 @@ class TrainConfig:
     compile: bool = False
     # torch.compile's mode for train.compile: "default", "reduce-overhead" (CUDA graphs for
     # the training forward and backward too; CUDA only), "max-autotune", "max-autotune-no-cudagraphs".
-    compile_mode: Literal[
-        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
-    ] = "default"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "default"
+    )
     # On CUDA, replay the rollout's inference step from a captured CUDA graph (no effect on the
     # CPU). Off by default until its GPU tests (tests/test_cuda.py) have run on a GPU.
     cuda_graph: bool = False
@@ -81,9 +81,6 @@ class TrainConfig:
     # OMP_WAIT_POLICY in the environment, else passive). Applied before torch loads; see
     # shoal/train/threads.py.
     omp_wait_policy: Literal["auto", "passive", "active"] = "auto"
-    # Double-buffered rollouts: the envs are split in two halves, and one half steps while the
-    # policy acts for the other (native envs only).
-    overlap: bool = False
     # Data-parallel processes on this machine, started by `shoal train` itself; each takes 1/N
     # of env.num_envs, batch_size, minibatch_size and max_minibatch_size (shoal/train/launch.py).
     processes: int = 1
@@ -174,6 +171,16 @@ class Config:
 
 SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
 
+# Keys that existed once: (the value that asked for nothing, and is still read silently, as in the
+# config.json and checkpoints of older runs; why any other value is an error).
+REMOVED_KEYS: dict[str, tuple[Any, str]] = {
+    "train.overlap": (
+        False,
+        "train.overlap (double-buffered rollouts) was removed: the env step it hid behind inference "
+        "was too small a part of an epoch to pay for its code; remove it from the config",
+    ),
+}
+
 
 def _normalize(key: str) -> str:
     return key.replace("-", "_")
@@ -226,45 +233,59 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table of options, got {value!r}")
         return dict(value)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value.replace("_", ""))
-            except ValueError:
-                number = None
-            if number is not None and number.is_integer():
-                return int(number)
+    scalar = _SCALARS.get(annotation)
+    if scalar is None:
+        raise ConfigError(f"{key}: unsupported type {annotation}")
+    return scalar(key, value)
+
+
+def _coerce_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _coerce_int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
         raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.replace("_", ""))
-            except ValueError:
-                pass
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.replace("_", ""))
+        except ValueError:
+            number = None
+        if number is not None and number.is_integer():
+            return int(number)
+    raise ConfigError(f"{key} must be an integer, got {value!r}")
+
+
+def _coerce_float(key: str, value: Any) -> float:
+    if isinstance(value, bool):
         raise ConfigError(f"{key} must be a number, got {value!r}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {annotation}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.replace("_", ""))
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be a number, got {value!r}")
+
+
+def _coerce_str(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{key} must be a string, got {value!r}")
+
+
+_SCALARS = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str}
 
 
 def set_key(config: Config, dotted: str, value: Any) -> None:
@@ -281,6 +302,12 @@ def set_key(config: Config, dotted: str, value: Any) -> None:
         raise ConfigError(f"'{dotted}' names a section, not a key" + _suggest(_normalize(dotted), all_keys()))
     fields = _section_fields(section)
     name = parts[1]
+    removed = REMOVED_KEYS.get(f"{section}.{name}")
+    if removed is not None and len(parts) == 2:
+        harmless, why = removed
+        if coerce(f"{section}.{name}", value, type(harmless)) != harmless:
+            raise ConfigError(why)
+        return
     if name not in fields:
         raise ConfigError(f"unknown config key '{dotted}'" + _suggest(f"{section}.{name}", all_keys()))
     target = getattr(config, section)
@@ -316,7 +343,7 @@ def merge_dict(config: Config, data: dict[str, Any], source: str = "") -> None:
         if section_key == "sweep":
             if not isinstance(values, dict):
                 raise ConfigError(f"[sweep] must be a table{where}")
-            config.sweep.update(_flatten_sweep(values))
+            config.sweep.update(flatten_sweep(values))
             continue
         if section_key not in SECTIONS:
             raise ConfigError(
@@ -335,7 +362,7 @@ def merge_dict(config: Config, data: dict[str, Any], source: str = "") -> None:
                 raise ConfigError(f"{e}{where}") from None
 
 
-def _flatten_sweep(values: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+def flatten_sweep(values: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
     """[sweep.train.learning_rate] tables -> {"train.learning_rate": {...}}."""
     flat: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
@@ -343,7 +370,7 @@ def _flatten_sweep(values: dict[str, Any], prefix: str = "") -> dict[str, dict[s
         if isinstance(value, dict) and "distribution" in value:
             flat[dotted] = dict(value)
         elif isinstance(value, dict):
-            flat.update(_flatten_sweep(value, dotted))
+            flat.update(flatten_sweep(value, dotted))
         else:
             raise ConfigError(f"sweep entry '{dotted}' must be a table with a 'distribution'")
     return flat
@@ -409,7 +436,7 @@ def to_toml(config: Config) -> str:
                 lines.append(f"{_toml_key(option)} = {_toml_value(value, f'{section}.{key}.{option}')}")
         lines.append("")
     for dotted, spec in data["sweep"].items():
-        # Dotted sweep keys become nested tables, which _flatten_sweep folds back.
+        # Dotted sweep keys become nested tables, which flatten_sweep folds back.
         lines.append("[sweep." + ".".join(_toml_key(part) for part in dotted.split(".")) + "]")
         for key, value in spec.items():
             if value is not None:

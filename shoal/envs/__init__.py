@@ -1,5 +1,5 @@
-"""Shoal's environments: the C games (shoal.envs.native) and their Gymnasium view."""
+"""Shoal's environments: the C games (shoal.envs.native, needing the compiled extension) and
+`shoal.envs.registry.make`, which builds any env from its name.
 
-from shoal.envs.native import Batch, GymnasiumView, NativeVecEnv, native_env_names
-
-__all__ = ["Batch", "GymnasiumView", "NativeVecEnv", "native_env_names"]
+Nothing is imported here, so the pure-Python modules of this layer load without the extension.
+"""

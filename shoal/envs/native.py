@@ -16,20 +16,9 @@ from typing import Any, NamedTuple
 import gymnasium
 import numpy as np
 
+from shoal.core.checks import check_int, check_positive_int, check_seed
+from shoal.core.contract import Batch
 from shoal.envs import _native
-
-
-class Batch(NamedTuple):
-    """What `recv()` returns; unpacks in this order (see docs/architecture.md section 1)."""
-
-    observations: np.ndarray
-    rewards: np.ndarray
-    terminals: np.ndarray
-    truncations: np.ndarray
-    final_observations: np.ndarray
-    infos: list[dict[str, Any]]
-    agent_ids: np.ndarray
-    masks: np.ndarray
 
 
 class OptionInfo(NamedTuple):
@@ -125,11 +114,9 @@ class NativeVecEnv:
         self, name: str, num_envs: int = 1, seed: int = 0, num_threads: int = 1, **options: Any
     ) -> None:
         spec = game_spec(name)
-        for arg, value in (("num_envs", num_envs), ("seed", seed), ("num_threads", num_threads)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{arg} must be an int, got {type(value).__name__} {value!r}")
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        num_envs = check_positive_int("num_envs", num_envs)
+        seed = check_int("seed", seed)
+        num_threads = check_int("num_threads", num_threads)
         if num_threads < 0:
             raise ValueError(f"num_threads must be >= 0 (0 = choose for the machine), got {num_threads}")
         values = resolve_options(name, options)
@@ -140,37 +127,13 @@ class NativeVecEnv:
         self.options = {
             o.name: (int(v) if o.is_int else v) for o, v in zip(spec.options, values, strict=True)
         }
-        self.num_envs = int(num_envs)
+        self.num_envs = num_envs
         self.agents_per_env = int(info["agents_per_env"])
         self.num_agents = self.num_envs * self.agents_per_env
-        self.seed = int(seed)
-        obs_dtype = np.dtype(info["obs_dtype"])
-        obs_size = int(info["obs_size"])
-        self.single_observation_space = gymnasium.spaces.Box(
-            low=info["obs_low"], high=info["obs_high"], shape=(obs_size,), dtype=obs_dtype
-        )
-        nvec = [int(n) for n in info["action_nvec"]]
-        self._nvec = np.asarray(nvec, dtype=np.int64)
-        if len(nvec) == 1:
-            self.single_action_space: gymnasium.spaces.Space = gymnasium.spaces.Discrete(nvec[0])
-            self._action_shape: tuple[int, ...] = (self.num_agents,)
-        else:
-            self.single_action_space = gymnasium.spaces.MultiDiscrete(nvec)
-            self._action_shape = (self.num_agents, len(nvec))
-
-        n = self.num_agents
-        self.observations = np.zeros((n, obs_size), dtype=obs_dtype)
-        self.final_observations = np.zeros((n, obs_size), dtype=obs_dtype)
-        self.actions = np.zeros(self._action_shape, dtype=np.int32)
-        self.rewards = np.zeros(n, dtype=np.float32)
-        self._terminals_u8 = np.zeros(n, dtype=np.uint8)
-        self._truncations_u8 = np.zeros(n, dtype=np.uint8)
-        # Bool views of the uint8 buffers C writes 0/1 into: the contract's dtype without a copy.
-        self.terminals = self._terminals_u8.view(np.bool_)
-        self.truncations = self._truncations_u8.view(np.bool_)
-        self.agent_ids = np.arange(n, dtype=np.int64)
-        self.masks = np.ones(n, dtype=np.bool_)
-        threads = _default_threads(self.num_envs) if num_threads == 0 else int(num_threads)
+        self.seed = seed
+        self._make_spaces(info)
+        self._allocate(int(info["obs_size"]), np.dtype(info["obs_dtype"]))
+        threads = _default_threads(self.num_envs) if num_threads == 0 else num_threads
         self._env = _native.VecEnv(
             name,
             self.num_envs,
@@ -188,6 +151,35 @@ class NativeVecEnv:
         self._batch_ready = True  # the reset observations are waiting for recv()
         self._first_reset = True
 
+    def _make_spaces(self, info: dict[str, Any]) -> None:
+        obs_size = int(info["obs_size"])
+        self.single_observation_space = gymnasium.spaces.Box(
+            low=info["obs_low"], high=info["obs_high"], shape=(obs_size,), dtype=np.dtype(info["obs_dtype"])
+        )
+        nvec = [int(n) for n in info["action_nvec"]]
+        self._nvec = np.asarray(nvec, dtype=np.int64)
+        if len(nvec) == 1:
+            self.single_action_space: gymnasium.spaces.Space = gymnasium.spaces.Discrete(nvec[0])
+            self._action_shape: tuple[int, ...] = (self.num_agents,)
+        else:
+            self.single_action_space = gymnasium.spaces.MultiDiscrete(nvec)
+            self._action_shape = (self.num_agents, len(nvec))
+
+    def _allocate(self, obs_size: int, obs_dtype: np.dtype) -> None:
+        """The buffers C steps in place, allocated once."""
+        n = self.num_agents
+        self.observations = np.zeros((n, obs_size), dtype=obs_dtype)
+        self.final_observations = np.zeros((n, obs_size), dtype=obs_dtype)
+        self.actions = np.zeros(self._action_shape, dtype=np.int32)
+        self.rewards = np.zeros(n, dtype=np.float32)
+        self._terminals_u8 = np.zeros(n, dtype=np.uint8)
+        self._truncations_u8 = np.zeros(n, dtype=np.uint8)
+        # Bool views of the uint8 buffers C writes 0/1 into: the contract's dtype without a copy.
+        self.terminals = self._terminals_u8.view(np.bool_)
+        self.truncations = self._truncations_u8.view(np.bool_)
+        self.agent_ids = np.arange(n, dtype=np.int64)
+        self.masks = np.ones(n, dtype=np.bool_)
+
     # ---- synchronous API ----
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -196,14 +188,13 @@ class NativeVecEnv:
         Without a seed, the first call uses the constructor's seed and later calls continue
         each env's stream.
         """
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+        seed = check_seed(seed)
         if seed is None and self._first_reset:
             # The first reset replays the constructor's seed, so make(...).reset() gives the
             # same episodes as stepping right after make(...).
             seed = self.seed
         self._first_reset = False
-        self._env.reset(None if seed is None else int(seed))
+        self._env.reset(seed)
         self.rewards.fill(0.0)
         self._terminals_u8.fill(0)
         self._truncations_u8.fill(0)

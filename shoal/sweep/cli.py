@@ -9,12 +9,13 @@ import optuna
 from rich.console import Console
 from rich.text import Text
 
-from shoal.core.config import ConfigError, _flatten_sweep, load_config, load_toml
+from shoal.core.checks import positive_arg
+from shoal.core.config import Config, ConfigError, flatten_sweep, load_config, load_toml
 from shoal.sweep.progress import LiveProgress, front_table
-from shoal.sweep.runner import SweepError, SweepSettings, run_sweep
+from shoal.sweep.runner import SweepError, SweepResult, SweepSettings, run_sweep
 from shoal.sweep.sampler import SAMPLERS
-from shoal.sweep.space import space_from_config
-from shoal.sweep.storage import STALE_AFTER_SECONDS
+from shoal.sweep.space import SearchSpace, space_from_config
+from shoal.sweep.storage import STALE_AFTER_SECONDS, SWEEP_DIR
 
 
 def _margin(text: str) -> float | None:
@@ -38,8 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("env", help="environment name (as for shoal train)")
     parser.add_argument("--name", required=True, help="sweep name: the Optuna study, and sweeps/NAME.journal")
-    parser.add_argument("--trials", type=int, required=True, help="run until this many trials have finished")
-    parser.add_argument("--workers", type=int, default=1, help="local worker processes sharing the storage")
+    parser.add_argument(
+        "--trials", type=positive_arg(int), required=True, help="run until this many trials have finished"
+    )
+    parser.add_argument(
+        "--workers", type=positive_arg(int), default=1, help="local worker processes sharing the storage"
+    )
     parser.add_argument(
         "--storage",
         default=None,
@@ -47,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sampler", choices=SAMPLERS, default="pareto", help="default: pareto (cost-aware)")
     parser.add_argument(
-        "--max-cost", type=float, default=None, metavar="SECONDS", help="cap on one run's wall-clock seconds"
+        "--max-cost",
+        type=positive_arg(float),
+        default=None,
+        metavar="SECONDS",
+        help="cap on one run's wall-clock seconds",
     )
     parser.add_argument(
         "--config", default=None, metavar="FILE", help="extra TOML config (may hold [sweep.*])"
@@ -70,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-failures", type=int, default=None, help="give up after this many failed trials"
     )
-    parser.add_argument("--sweep-dir", default="sweeps", help="folder of journal files and worker logs")
+    parser.add_argument("--sweep-dir", default=SWEEP_DIR, help="folder of journal files and worker logs")
     parser.add_argument(
         "--train-fn",
         default=None,
@@ -85,52 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sweep"]:
         argv = argv[1:]
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = build_parser().parse_known_args(argv)
     console = Console()
     err = Console(stderr=True)
     try:
-        base = load_config(args.env, overrides, args.config)
-        if args.config is not None:
-            own = load_toml(args.config).get("sweep")
-            if isinstance(own, dict) and own:
-                # A --config file's [sweep.*] tables are the whole space, not additions to the default.
-                base.sweep = _flatten_sweep(own)
+        base = base_config(args, overrides)
         notes: list[str] = []
         space = space_from_config(base, notes)
-        settings = SweepSettings(
-            env=args.env,
-            name=args.name,
-            trials=args.trials,
-            workers=args.workers,
-            storage=args.storage,
-            sampler=args.sampler,
-            max_cost=args.max_cost,
-            seed=args.seed,
-            early_stop_margin=args.early_stop,
-            stale_after=args.stale_after,
-            max_failures=args.max_failures,
-            sweep_dir=args.sweep_dir,
-            train_fn=args.train_fn,
-        )
+        settings = settings_from_args(args)
     except (ConfigError, SweepError, ValueError) as e:
         _error(err, e)
         return 2
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for note in notes:
         console.print(Text(f"note: {note}"), soft_wrap=True)
-    console.print(
-        f"sweep [bold]{settings.name}[/bold] on {settings.env}: {len(space)} parameters, "
-        f"sampler {settings.sampler}, storage {settings.url}",
-        soft_wrap=True,
-    )
     try:
-        if args.quiet:
-            result = run_sweep(settings, base)
-        else:
-            with LiveProgress(settings.name, settings.trials, settings.workers, console) as live:
-                result = run_sweep(settings, base, on_tick=live.tick)
-                live.tick(optuna.load_study(study_name=settings.name, storage=_storage(settings)), force=True)
+        result = _run(args, settings, base, space, console)
     except (SweepError, ConfigError) as e:
         _error(err, e)
         return 1
@@ -146,6 +125,51 @@ def main(argv: list[str] | None = None) -> int:
         soft_wrap=True,
     )
     return 0
+
+
+def base_config(args: argparse.Namespace, overrides: list[str]) -> Config:
+    """The config every trial starts from; a --config file's [sweep.*] tables replace the space."""
+    base = load_config(args.env, overrides, args.config)
+    if args.config is not None:
+        own = load_toml(args.config).get("sweep")
+        if isinstance(own, dict) and own:
+            # A --config file's [sweep.*] tables are the whole space, not additions to the default.
+            base.sweep = flatten_sweep(own)
+    return base
+
+
+def settings_from_args(args: argparse.Namespace) -> SweepSettings:
+    return SweepSettings(
+        env=args.env,
+        name=args.name,
+        trials=args.trials,
+        workers=args.workers,
+        storage=args.storage,
+        sampler=args.sampler,
+        max_cost=args.max_cost,
+        seed=args.seed,
+        early_stop_margin=args.early_stop,
+        stale_after=args.stale_after,
+        max_failures=args.max_failures,
+        sweep_dir=args.sweep_dir,
+        train_fn=args.train_fn,
+    )
+
+
+def _run(
+    args: argparse.Namespace, settings: SweepSettings, base: Config, space: SearchSpace, console: Console
+) -> SweepResult:
+    console.print(
+        f"sweep [bold]{settings.name}[/bold] on {settings.env}: {len(space)} parameters, "
+        f"sampler {settings.sampler}, storage {settings.url}",
+        soft_wrap=True,
+    )
+    if args.quiet:
+        return run_sweep(settings, base)
+    with LiveProgress(settings.name, settings.trials, settings.workers, console) as live:
+        result = run_sweep(settings, base, on_tick=live.tick)
+        live.tick(optuna.load_study(study_name=settings.name, storage=_storage(settings)), force=True)
+    return result
 
 
 def _error(console: Console, error: Exception) -> None:

@@ -7,8 +7,12 @@ Each trial is one training run of the base config with the sampled keys set. Its
 - COMPLETE: it finished (or was cut at --max-cost, user attr `cut_at_max_cost`).
 - PRUNED: stopped early because it was clearly behind the front at equal cost (user attr
   `stopped_early` says by how much); counts as finished but has no values.
-- FAIL: it raised, diverged (non-finite loss) or never finished an episode (user attr `error`),
+- FAIL: it raised, diverged (non-finite loss) or never finished an episode (user attr `error`;
+  the sampler scores it as the worst score seen, at the seconds it ran, user attr `cost`),
   or its worker died (user attr `stale`; the parameters are enqueued again).
+
+A run cut at --max-cost is modelled at the agent steps it ran (user attr `agent_steps`), not at
+the train.total_steps it asked for.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from shoal.core.checks import check_positive_int
 from shoal.core.config import Config, from_dict, set_key
 from shoal.sweep.pareto import front_score_at, pareto_front, trial_points
 from shoal.sweep.sampler import SAMPLERS, finished_states, make_sampler
-from shoal.sweep.space import SearchSpace, space_from_config
+from shoal.sweep.space import SearchSpace, config_values, space_from_config
 from shoal.sweep.storage import (
     STALE_AFTER_SECONDS,
+    SWEEP_DIR,
     Heartbeat,
     open_storage,
     reap_stale_trials,
@@ -47,6 +53,8 @@ from shoal.sweep.storage import (
 
 DIRECTIONS = ["maximize", "minimize"]
 TrainFn = Callable[..., Any]
+# One epoch's score is noisy; a run is scored by the mean of its last few.
+SCORE_WINDOW = 3
 
 
 class SweepError(RuntimeError):
@@ -78,15 +86,13 @@ class SweepSettings:
     n_startup: int = 8
     stale_after: float = STALE_AFTER_SECONDS
     max_failures: int | None = None
-    sweep_dir: str = "sweeps"
+    sweep_dir: str = SWEEP_DIR
     # "module:function" or None for shoal.train.train.
     train_fn: str | None = None
 
     def __post_init__(self) -> None:
-        if self.trials < 1:
-            raise SweepError(f"--trials must be at least 1, got {self.trials}")
-        if self.workers < 1:
-            raise SweepError(f"--workers must be at least 1, got {self.workers}")
+        check_positive_int("trials", self.trials)
+        check_positive_int("workers", self.workers)
         if self.sampler not in SAMPLERS:
             raise SweepError(f"unknown sampler {self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
         if self.max_cost is not None and not self.max_cost > 0:
@@ -104,7 +110,8 @@ class SweepSettings:
 
 
 def resolve_train_fn(spec: str | TrainFn | None) -> TrainFn:
-    """None -> shoal.train.train; 'module:attr' -> that object (classes are instantiated)."""
+    """The train function of --train-fn: None -> shoal.train.train, a callable -> itself,
+    'module:function' -> that function (a class there is instantiated). ValueError if unusable."""
     if callable(spec):
         return spec
     if spec is None:
@@ -112,17 +119,33 @@ def resolve_train_fn(spec: str | TrainFn | None) -> TrainFn:
 
         return train
     module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise SweepError(f"--train-fn must look like 'module:function', got {spec!r}")
+    if not module_name or not attr:
+        raise ValueError(f"--train-fn must look like MODULE:FUNCTION (e.g. shoal.train:train), got {spec!r}")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise SweepError(f"cannot load train function {spec!r}: {e}") from None
-    return obj() if isinstance(obj, type) else obj
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--train-fn {spec}: cannot import {module_name}: {e}") from None
+    function = getattr(module, attr, None)
+    if isinstance(function, type):
+        function = function()
+    if not callable(function):
+        raise ValueError(f"--train-fn {spec}: {module_name} has no function {attr!r}")
+    return function
 
 
-def torch_threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
+def share_threads(cfg: Config, workers: int) -> None:
+    """Runs side by side share the machine: automatic (0) thread counts become one worker's share."""
+    share = max(1, (os.cpu_count() or 1) // workers)
+    if cfg.train.torch_threads == 0:
+        cfg.train.torch_threads = share
+    if cfg.env.num_threads == 0:
+        cfg.env.num_threads = share
+
+
+def recent_score(curve: list[list[float]]) -> float:
+    """A run's score: the mean of its last SCORE_WINDOW curve scores (NaN for an empty curve)."""
+    recent = [point[2] for point in curve[-SCORE_WINDOW:]]
+    return sum(recent) / len(recent) if recent else math.nan
 
 
 def _jsonable(data: Any) -> Any:
@@ -132,7 +155,7 @@ def _jsonable(data: Any) -> Any:
 def open_study(settings: SweepSettings, base: Config, space: SearchSpace, worker: int = 0) -> optuna.Study:
     """Create the study (or join it), with this worker's sampler; checks it is the same sweep."""
     storage = open_storage(settings.url)
-    center = {key: getattr(getattr(base, key.split(".")[0]), key.split(".", 1)[1]) for key in space.keys}
+    center = config_values(base, space.keys)
     seed = None if settings.seed is None else settings.seed + worker
     sampler = make_sampler(
         settings.sampler,
@@ -183,11 +206,7 @@ def trial_config(base: Config, params: dict[str, Any], settings: SweepSettings, 
     cfg.train.seed = base.train.seed + number
     cfg.run.name = f"{settings.name}-trial{number:04d}"
     cfg.run.quiet = True
-    threads = torch_threads_per_worker(settings.workers)
-    if cfg.train.torch_threads == 0:
-        cfg.train.torch_threads = threads
-    if cfg.env.num_threads == 0:
-        cfg.env.num_threads = threads
+    share_threads(cfg, settings.workers)
     return cfg
 
 
@@ -302,8 +321,7 @@ class _TrialMonitor:
         self.front.update(exclude=self.trial.number)
         if self.front.finished < self.settings.n_startup or self.front.score_range <= 0:
             return False
-        recent = [p[2] for p in self.curve[-3:]]
-        score = sum(recent) / len(recent)
+        score = recent_score(self.curve)
         best = front_score_at(self.front.costs, self.front.scores, elapsed)
         gap = best - score
         if gap > margin * self.front.score_range:
@@ -315,8 +333,7 @@ class _TrialMonitor:
         return False
 
     def final_score(self) -> float:
-        recent = [p[2] for p in self.curve[-3:]]
-        return sum(recent) / len(recent) if recent else math.nan
+        return recent_score(self.curve)
 
 
 def run_trial(
@@ -372,6 +389,8 @@ def run_trial(
 
 def _record(trial: optuna.Trial, monitor: _TrialMonitor) -> None:
     trial.set_user_attr("curve", monitor.curve)
+    # Failed runs have no values; the sampler charges them the seconds they ran.
+    trial.set_user_attr("cost", time.monotonic() - monitor.start)
     steps = monitor.last.get("agent_steps")
     trial.set_user_attr("agent_steps", int(steps) if isinstance(steps, (int, float)) else None)
     sps = monitor.last.get("sps")
@@ -388,7 +407,10 @@ def worker_loop(
 ) -> None:
     """Run trials until the sweep has `settings.trials` finished ones (shared with other workers)."""
     space = space_from_config(base)
-    fn = resolve_train_fn(train_fn if train_fn is not None else settings.train_fn)
+    try:
+        fn = resolve_train_fn(train_fn if train_fn is not None else settings.train_fn)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
     study = open_study(settings, base, space, worker)
     tick = (lambda: on_tick(study)) if on_tick is not None else None
     while True:

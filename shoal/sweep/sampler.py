@@ -28,6 +28,7 @@ from shoal.sweep.pareto import Observations, collect_observations, pareto_front
 from shoal.sweep.space import COST_KEY, SearchSpace
 
 SAMPLERS = ("pareto", "random", "tpe", "gp")
+CURVE_WEIGHTINGS = ("trial", "independent")
 
 
 class _Model:
@@ -58,7 +59,14 @@ class _Model:
     def _trend(self, x: np.ndarray) -> np.ndarray:
         return x @ self.coef[:-1] + self.coef[-1]
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+    def noise_level(self) -> float:
+        """The fitted observation noise variance (standardized units)."""
+        white = getattr(self.kernel, "k2", None)
+        return float(getattr(white, "noise_level", 0.05))
+
+    def fit(self, x: np.ndarray, y: np.ndarray, extra_noise: np.ndarray | None = None) -> None:
+        """Fit on (x, y); `extra_noise[i]` multiplies the fitted noise variance added to point i,
+        so points that carry less information (e.g. correlated ones) weigh less."""
         if self.linear_mean:
             # A ridge-regularized linear trend extrapolates (log-cost keeps growing with run
             # length beyond the runs seen so far, where a GP alone falls back to the mean).
@@ -72,16 +80,20 @@ class _Model:
         target = (y - self.mean) / self.std
         self.calls += 1
         n = len(y)
+        alpha = np.full(n, 1e-10)
+        if extra_noise is not None:
+            alpha = alpha + extra_noise * self.noise_level()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             if self.gp is None or n >= 1.5 * self.fitted_on or self.calls % self.refit_every == 0:
                 sub = np.arange(n)
                 if n > self.hyper_points:
                     sub = self.rng.choice(n, size=self.hyper_points, replace=False)
-                tuned = GaussianProcessRegressor(self.kernel, normalize_y=False).fit(x[sub], target[sub])
-                self.kernel = tuned.kernel_
+                tuned = GaussianProcessRegressor(self.kernel, alpha=alpha[sub], normalize_y=False)
+                self.kernel = tuned.fit(x[sub], target[sub]).kernel_
                 self.fitted_on = n
-            self.gp = GaussianProcessRegressor(self.kernel, normalize_y=False, optimizer=None).fit(x, target)
+            gp = GaussianProcessRegressor(self.kernel, alpha=alpha, normalize_y=False, optimizer=None)
+            self.gp = gp.fit(x, target)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.gp is not None
@@ -111,6 +123,9 @@ class ParetoSampler(BaseSampler):
             `scale` overrides it).
         ucb_beta: how much predicted uncertainty counts (score mean + beta * std).
         max_observations: cap on GP training points (final results are always kept).
+        curve_weighting: "trial" (default) gives the curve points of one run together the
+            weight of about one observation, since they come from one run and share its noise;
+            "independent" counts each as a result of its own (overconfident; for comparison).
     """
 
     def __init__(
@@ -129,7 +144,10 @@ class ParetoSampler(BaseSampler):
         perturb_scale: float = 0.1,
         ucb_beta: float = 1.0,
         max_observations: int = 400,
+        curve_weighting: str = "trial",
     ):
+        if curve_weighting not in CURVE_WEIGHTINGS:
+            raise ValueError(f"curve_weighting must be one of {CURVE_WEIGHTINGS}, got {curve_weighting!r}")
         self.space = space
         self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         self.sobol_seed = sobol_seed if sobol_seed is not None else seed
@@ -143,9 +161,10 @@ class ParetoSampler(BaseSampler):
         self.scales = np.array([p.scale or perturb_scale for p in space.params])
         self.ucb_beta = ucb_beta
         self.max_observations = max_observations
+        self.curve_weighting = curve_weighting
+        self._warned_unset: set[str] = set()
         self._rng = np.random.default_rng(self.seed)
-        self._score_model = _Model(len(space), self.seed)
-        self._cost_model = _Model(len(space), self.seed, linear_mean=True)
+        self._models: dict[int, tuple[_Model, _Model]] = {}
         self._fallback = optuna.samplers.RandomSampler(seed=self.seed)
         # For tests and logs: why the last suggestion was made.
         self.last_info: dict[str, Any] = {}
@@ -179,13 +198,37 @@ class ParetoSampler(BaseSampler):
             return {}
         trials = study.get_trials(deepcopy=False)
         obs = collect_observations(trials, self.space, self.cost_key)
-        if trial.number < self.n_startup or int(obs.final.sum()) < 3 or len(obs) < 5:
+        self._warn_unset(obs)
+        results = int((obs.final & ~obs.failed).sum()) if len(obs) else 0
+        if trial.number < self.n_startup or results < 3 or len(obs) < 5:
             unit = self.startup_point(trial.number, study.study_name)
             self.last_info = {"kind": "startup"}
         else:
-            unit = self.suggest_unit(obs)
+            unit = self.suggest_unit(obs, self.pending_points(trials, trial.number))
         values = self.space.from_unit(unit)
         return {k: v for k, v in values.items() if k in search_space}
+
+    def _warn_unset(self, obs: Observations) -> None:
+        assert obs.modelled is not None
+        unset = [k for k, used in zip(self.space.keys, obs.modelled, strict=True) if not used]
+        new = [k for k in unset if k not in self._warned_unset]
+        if new:
+            self._warned_unset.update(new)
+            warnings.warn(
+                f"most trials of this sweep do not set {', '.join(new)}: the sampler models the "
+                "trials on the keys they have and draws these at random",
+                stacklevel=3,
+            )
+
+    def pending_points(self, trials: Sequence[FrozenTrial], exclude: int) -> np.ndarray:
+        """Unit vectors of trials running elsewhere (other workers), so suggestions avoid them."""
+        points = []
+        for t in trials:
+            if t.state != TrialState.RUNNING or t.number == exclude:
+                continue
+            if all(k in t.params for k in self.space.keys):
+                points.append(np.clip(self.space.to_unit(t.params), 0.0, 1.0))
+        return np.array(points, dtype=float).reshape(-1, len(self.space))
 
     def startup_point(self, index: int, study_name: str = "") -> np.ndarray:
         """Trial 0: the center; then scrambled Sobol points with cheap run lengths.
@@ -239,19 +282,52 @@ class ParetoSampler(BaseSampler):
         uniform = self._rng.random((n_random, dims))
         return np.clip(np.concatenate([perturbed, uniform]), 0.0, 1.0)
 
-    def suggest_unit(self, obs: Observations) -> np.ndarray:
-        """One suggestion in unit coordinates from the observations so far."""
+    def _models_for(self, dims: int) -> tuple[_Model, _Model]:
+        # One pair per number of modelled keys: a kernel's length scales are per dimension.
+        if dims not in self._models:
+            self._models[dims] = (_Model(dims, self.seed), _Model(dims, self.seed, linear_mean=True))
+        return self._models[dims]
+
+    def curve_noise(self, obs: Observations, idx: np.ndarray) -> np.ndarray:
+        """Extra noise (in multiples of the fitted noise) of each chosen observation.
+
+        The m curve points of one run share its seed and its schedule, so their errors are
+        correlated: each gets m - 1 extra noise, which makes them together count about as much
+        as one independent result. Final results and failures get none.
+        """
+        extra = np.zeros(len(idx))
+        if self.curve_weighting == "independent":
+            return extra
+        curve = ~obs.final[idx]
+        if curve.any():
+            numbers, counts = np.unique(obs.trial[idx][curve], return_counts=True)
+            per_trial = dict(zip(numbers.tolist(), counts.tolist(), strict=True))
+            extra[curve] = [per_trial[n] - 1 for n in obs.trial[idx][curve].tolist()]
+        return extra
+
+    def _fit(self, obs: Observations, pending: np.ndarray) -> tuple[_Model, _Model, np.ndarray]:
+        """Fit the score and cost models on the modelled keys; returns them and those keys' mask."""
+        assert obs.modelled is not None and obs.failed is not None
+        cols = obs.modelled
         idx = self._subsample(obs)
-        x, log_cost, score = obs.x[idx], np.log(obs.cost[idx]), obs.score[idx]
-        self._score_model.fit(x, score)
-        self._cost_model.fit(x, log_cost)
+        x, score = obs.x[idx][:, cols], obs.score[idx]
+        noise = self.curve_noise(obs, idx)
+        if len(pending):
+            # Constant liar: runs in flight elsewhere count as scoring the worst seen, so this
+            # worker does not propose them again; their lie leaves once their results arrive.
+            x = np.vstack([x, pending[:, cols]])
+            score = np.concatenate([score, np.full(len(pending), obs.score.min())])
+            noise = np.concatenate([noise, np.zeros(len(pending))])
+        score_model, cost_model = self._models_for(int(cols.sum()))
+        score_model.fit(x, score, noise)
+        # A failed run's seconds say when it broke, not what its length costs.
+        ran = idx[~obs.failed[idx]]
+        cost_model.fit(obs.x[ran][:, cols], np.log(obs.cost[ran]), self.curve_noise(obs, ran))
+        return score_model, cost_model, cols
 
-        front = pareto_front(list(obs.cost), list(obs.score))
-        cands = self.candidates(obs, front)
-        mu, sd = self._score_model.predict(cands)
-        pred_cost, _ = self._cost_model.predict(cands)
-
-        lo, hi = float(np.log(obs.cost).min()), float(np.log(obs.cost).max())
+    def _target_cost(self, log_costs: np.ndarray) -> tuple[float, float]:
+        """A log-cost to aim for, and the span of log-costs seen."""
+        lo, hi = float(log_costs.min()), float(log_costs.max())
         # Aim a little past both ends of what has been seen, so the front keeps extending;
         # further on the expensive side, since start-up runs are all cheap.
         span = max(hi - lo, math.log(2.0))
@@ -259,10 +335,21 @@ class ParetoSampler(BaseSampler):
         if self.max_cost is not None:
             hi_t = min(hi_t, math.log(self.max_cost))
             lo_t = min(lo_t, hi_t)
-        target = float(self._rng.uniform(lo_t, hi_t))
+        return float(self._rng.uniform(lo_t, hi_t)), span
+
+    def suggest_unit(self, obs: Observations, pending: np.ndarray | None = None) -> np.ndarray:
+        """One suggestion in unit coordinates from the observations so far (and runs in flight)."""
+        assert obs.failed is not None
+        pending = pending if pending is not None else np.zeros((0, len(self.space)))
+        score_model, cost_model, cols = self._fit(obs, pending)
+        ok = np.flatnonzero(~obs.failed)
+        front = ok[pareto_front(list(obs.cost[ok]), list(obs.score[ok]))]
+        cands = self.candidates(obs, front)
+        mu, sd = score_model.predict(cands[:, cols])
+        pred_cost, _ = cost_model.predict(cands[:, cols])
+        target, span = self._target_cost(np.log(obs.cost[ok]))
         distance = np.abs(pred_cost - target)
-        tolerance = 0.05 * span
-        near = distance <= tolerance
+        near = distance <= 0.05 * span
         # Too few candidates predicted near the target: take the nearest few percent.
         min_near = max(4, len(cands) // 20)
         if near.sum() < min_near:
@@ -281,6 +368,8 @@ class ParetoSampler(BaseSampler):
             "predicted_score": float(mu[best]),
             "front_size": len(front),
             "observations": len(obs),
+            "pending": len(pending),
+            "failed": int(obs.failed.sum()),
         }
         return cands[best]
 

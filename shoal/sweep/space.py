@@ -23,6 +23,7 @@ standard deviation, in unit coordinates, of the sampler's perturbations of this 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import typing
@@ -31,7 +32,7 @@ from typing import Any
 
 import optuna.distributions as od
 
-from shoal.core.config import Config, ConfigError, _section_fields, all_keys
+from shoal.core.config import Config, ConfigError, all_keys
 
 DISTRIBUTIONS = ("uniform", "int_uniform", "log", "logit", "pow2")
 SPEC_FIELDS = ("distribution", "min", "max", "mean", "scale")
@@ -74,6 +75,21 @@ def _key_type(key: str) -> type:
     if args == {int} or args == {float}:
         return args.pop()
     return object
+
+
+def config_values(cfg: Config, keys: typing.Iterable[str]) -> dict[str, Any]:
+    """The values of dotted keys ("train.gamma") in a config."""
+    values = {}
+    for key in keys:
+        section, name = key.split(".", 1)
+        values[key] = getattr(getattr(cfg, section), name)
+    return values
+
+
+def _declared_type(key: str) -> str:
+    section, name = key.split(".", 1)
+    fields = {f.name: f for f in dataclasses.fields(getattr(Config(), section))}
+    return str(fields[name].type)
 
 
 def _suggest(word: str, choices: typing.Iterable[str]) -> str:
@@ -185,10 +201,7 @@ def make_param(key: str, spec: dict[str, Any]) -> Param:
         raise SpaceError(f"sweep.{key}: min must be less than max, got min={low:g} max={high:g}")
     kind = _key_type(key)
     if kind is object:
-        section, name = key.split(".", 1)
-        raise SpaceError(
-            f"sweep.{key}: only numeric keys can be swept, but {key} is {_section_fields(section)[name].type}"
-        )
+        raise SpaceError(f"sweep.{key}: only numeric keys can be swept, but {key} is {_declared_type(key)}")
     is_int = kind is int
     if dist == "log" and low <= 0:
         raise SpaceError(f"sweep.{key}: a log distribution needs min > 0, got min={low:g}")

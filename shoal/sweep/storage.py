@@ -33,10 +33,21 @@ HEARTBEAT_SECONDS = 15.0
 STALE_AFTER_SECONDS = 300.0
 
 
+def is_url(storage: str) -> bool:
+    """Whether --storage names an RDB (``postgresql://...``) rather than a journal file."""
+    return "://" in storage
+
+
+def journal_path(name: str, sweep_dir: str | Path = SWEEP_DIR) -> Path:
+    """Where the default journal file of sweep NAME lives."""
+    return Path(sweep_dir) / f"{name}.journal"
+
+
 def default_journal_path(name: str, sweep_dir: str | Path = SWEEP_DIR) -> Path:
+    """journal_path for a new sweep, whose name must be a plain file name."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"sweep name must be a plain file name (no '/'), got {name!r}")
-    return Path(sweep_dir) / f"{name}.journal"
+    return journal_path(name, sweep_dir)
 
 
 def storage_url(name: str, storage: str | None, sweep_dir: str | Path = SWEEP_DIR) -> str:
@@ -46,7 +57,7 @@ def storage_url(name: str, storage: str | None, sweep_dir: str | Path = SWEEP_DI
 
 def open_storage(url: str) -> BaseStorage:
     """An RDB URL (contains '://') or a path to a journal file (created with its folder)."""
-    if "://" in url:
+    if is_url(url):
         url = _with_installed_driver(url)
         if url.startswith(("postgresql", "mysql")):
             # Workers on other machines may be slow to write; keep connections healthy.

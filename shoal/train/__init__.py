@@ -1,19 +1,13 @@
 """Shoal's PPO trainer: `train(cfg, on_epoch=None) -> TrainResult` (docs/architecture.md §2).
 
-Importing this package loads no torch: `train`, `TrainResult`, `Agent` and `load_agent` are
-imported on first use. That leaves room to choose the OpenMP wait policy first (libgomp reads
-OMP_WAIT_POLICY only when torch loads; see shoal.train.threads).
+Importing this package loads no torch and changes nothing in the process: `train`,
+`TrainResult`, `Agent` and `load_agent` are imported on first use. That leaves the program room
+to choose the OpenMP wait policy before torch loads (shoal.train.threads says how).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-from shoal.train import threads as _threads
-
-# Idle OpenMP workers otherwise spin after each parallel region, stealing the cores the C envs
-# step on: PASSIVE unless the user set a policy (a no-op when torch is already loaded).
-_threads.prepare_wait_policy("auto")
 
 if TYPE_CHECKING:
     from shoal.train.checkpoint import Agent, load_agent

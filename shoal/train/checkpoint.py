@@ -12,10 +12,12 @@ import torch
 from shoal.core.config import Config, from_dict
 from shoal.core.fileio import write_atomic
 from shoal.policy import Policy, make_policy, sample_actions
-from shoal.train.horizon import head_lags
+from shoal.train.advantage import make_estimator
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+# Files written before the policy's auxiliary head had its name keep it under this one.
+LEGACY_HEAD_PREFIX = "horizon."
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -82,10 +84,24 @@ def resolve_checkpoint(path: str | Path, prefer: str = CHECKPOINT) -> Path:
 
 
 def load_file(path: str | Path) -> dict:
+    """A checkpoint.pt or model.pt, its weights named as the current policy names them."""
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or "model" not in data or "config" not in data:
         raise ValueError(f"{path} is not a Shoal checkpoint (expected a dict with 'model' and 'config')")
+    data["model"] = {
+        ("aux_head." + k[len(LEGACY_HEAD_PREFIX) :] if k.startswith(LEGACY_HEAD_PREFIX) else k): v
+        for k, v in data["model"].items()
+    }
     return data
+
+
+def learner_state(data: dict[str, Any]) -> dict[str, Any]:
+    """The learner's state in a checkpoint, also in one written before it had a "learner" key
+    (the update count and the adaptive horizon were kept at the top level then)."""
+    if "learner" in data:
+        return data["learner"]
+    estimator = {} if data.get("horizon") is None else {"horizon": int(data["horizon"])}
+    return {"update": int(data["update"]), "estimator": estimator}
 
 
 # ---- acting from saved weights ----
@@ -159,7 +175,8 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
     config = from_dict(data["config"])
     obs_space = build_space(data["observation_space"])
     act_space = build_space(data["action_space"])
-    policy = make_policy(obs_space, act_space, config.policy, head_lags(config.train))
+    aux_head = make_estimator(config.train, config.policy.hidden_size).aux_head
+    policy = make_policy(obs_space, act_space, config.policy, aux_head)
     try:
         policy.load_state_dict(data["model"])
     except RuntimeError as e:

@@ -19,6 +19,7 @@ graph-safe Philox stream: every replay draws new numbers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -65,3 +66,12 @@ class GraphedAct:
                 static.copy_(given)
         captured.graph.replay()
         return (*captured.outputs, (captured.h, captured.c))
+
+
+def use_cuda_graph(collector: Any) -> None:
+    """Make a shoal.train.rollout.Collector replay its inference step from CUDA graphs
+    (train.cuda_graph); a collector on the CPU is left as it is."""
+    if collector.device.type != "cuda":
+        return
+    # A cached autocast copy of the weights would be frozen into the graph.
+    collector.act_fn = GraphedAct(functools.partial(collector.infer, autocast_cache=False))

@@ -25,7 +25,6 @@ from rich.text import Text
 
 from shoal.core.config import Config
 
-# Keys the trainer may use for the adaptive advantage horizon (shown when present).
 TIME_PHASES = (
     ("env", "time_env"),
     ("inference", "time_inference"),
@@ -185,8 +184,6 @@ class Dashboard:
             rollout = self.metrics.get("torch_threads_rollout", torch_threads)
             torch_threads = f"{rollout}/{torch_threads} (tuned)"
         env_threads = self.metrics.get("env_threads") or self.cfg.env.num_threads or "auto"
-        if self.metrics.get("overlap"):
-            env_threads = f"2 x {env_threads}"
         omp = self.metrics.get("omp_wait_policy") or os.environ.get("OMP_WAIT_POLICY", "unset")
         asked = getattr(self.cfg.train, "omp_wait_policy", "auto")
         if "omp_wait_policy" in self.metrics and asked != "auto" and str(omp).rstrip("?") != asked:
@@ -198,15 +195,6 @@ class Dashboard:
         """' · N processes' for data-parallel runs (the threads are each process's)."""
         world = self.metrics.get("world_size")
         return f" · {int(world)} processes" if isinstance(world, (int, float)) and world > 1 else ""
-
-    def overlap(self) -> str:
-        """'off', or 'on' with the share of env time hidden behind inference."""
-        if not self.metrics.get("overlap", getattr(self.cfg.train, "overlap", False)):
-            return "off"
-        env, hidden = number(self.metrics, "time_env"), number(self.metrics, "time_env_hidden")
-        if env is None or hidden is None or env + hidden <= 0:
-            return "on"
-        return f"on · {100 * hidden / (env + hidden):.0f}% of env time hidden"
 
 
 class RichDashboard(Dashboard):
@@ -244,14 +232,30 @@ class RichDashboard(Dashboard):
     def _build(self) -> RenderableType:
         # Plain styled text laid out by hand: rich tables measure every cell on every
         # refresh and cost several times more than this.
-        m = self.metrics
         cfg = self.cfg
+        left = section("progress", self._progress_rows()) + section("system", self._system_rows())
+        right = section("episodes", self._episode_rows()) + section("losses", self._loss_rows())
+        lines = [Text.assemble(("shoal ", "bold"), (cfg.env.name, "bold cyan"), f"  {cfg.run.name}".rstrip())]
+        blank = Text(" " * SECTION_WIDTH)
+        for i in range(max(len(left), len(right))):
+            line = (left[i] if i < len(left) else blank).copy()
+            line.append("  ")
+            line.append_text(right[i] if i < len(right) else blank)
+            lines.append(line)
+        lines.extend(section("time per epoch", self._timing_rows(), 2 * SECTION_WIDTH + 2))
+        text = Text("\n").join(lines)
+        # Crop rather than wrap on narrow terminals, so the picture keeps its shape.
+        text.no_wrap = True
+        text.overflow = "crop"
+        return text
 
+    def _progress_rows(self) -> list[tuple[str, str, str]]:
+        m = self.metrics
         steps = number(m, "agent_steps")
         total = self.total_steps()
         share = min(max((steps or 0) / total, 0.0), 1.0) if total > 0 else 0.0
         epoch = number(m, "epoch")
-        progress = [
+        return [
             ("steps/s", fmt_count(number(m, "sps")), "bold cyan"),
             ("agent steps", f"{fmt_count(steps)} / {fmt_count(total)}", ""),
             ("", bar_text(share, 20) + f" {100 * share:5.1f}%", "cyan"),
@@ -259,16 +263,21 @@ class RichDashboard(Dashboard):
             ("elapsed", fmt_duration(self.elapsed()), ""),
             ("remaining", fmt_duration(self.remaining()), ""),
         ]
+
+    def _system_rows(self) -> list[tuple[str, str, str]]:
+        cfg = self.cfg
         torch_threads, env_threads, omp = self.threads()
-        system = [
+        return [
             ("env", f"{cfg.env.name} ({cfg.env.num_envs} envs, {cfg.env.backend})", "bold"),
             ("device", self.device(), ""),
             ("precision", str(self.metrics.get("precision") or cfg.train.precision), ""),
             ("threads", f"torch {torch_threads} · env {env_threads}{self.processes()}", ""),
             ("OMP wait", omp, ""),
-            ("overlap", self.overlap(), ""),
         ]
-        episodes = [
+
+    def _episode_rows(self) -> list[tuple[str, str, str]]:
+        m = self.metrics
+        return [
             ("score", fmt_float(number(m, "score")), "bold green"),
             ("score 100 ep", fmt_float(number(m, "score_100")), ""),
             ("return", fmt_float(number(m, "episode_return")), ""),
@@ -276,13 +285,18 @@ class RichDashboard(Dashboard):
             ("episodes", fmt_count(number(m, "episodes")), ""),
             ("trend", sparkline(list(self.scores)[-SECTION_WIDTH + 16 :]), "green"),
         ]
+
+    def _loss_rows(self) -> list[tuple[str, str, str]]:
+        m = self.metrics
         losses = [(label, fmt_float(number(m, key)), "") for label, key in LOSSES]
         losses.append(("learning rate", fmt_float(number(m, "learning_rate")), ""))
         horizon = self.horizon()
         if horizon is not None:
             losses.append(("horizon", f"{horizon:.1f}", ""))
+        return losses
 
-        times = [(label, number(m, key)) for label, key in TIME_PHASES]
+    def _timing_rows(self) -> list[tuple[str, str, str]]:
+        times = [(label, number(self.metrics, key)) for label, key in TIME_PHASES]
         spent = sum(t for _, t in times if t is not None)
         timing = []
         for label, seconds in times:
@@ -291,22 +305,7 @@ class RichDashboard(Dashboard):
             if part is not None:
                 value += f" {100 * part:5.1f}% " + bar_text(part, 2 * SECTION_WIDTH - 34)
             timing.append((label, value, "magenta"))
-
-        left = section("progress", progress) + section("system", system)
-        right = section("episodes", episodes) + section("losses", losses)
-        lines = [Text.assemble(("shoal ", "bold"), (cfg.env.name, "bold cyan"), f"  {cfg.run.name}".rstrip())]
-        blank = Text(" " * SECTION_WIDTH)
-        for i in range(max(len(left), len(right))):
-            line = (left[i] if i < len(left) else blank).copy()
-            line.append("  ")
-            line.append_text(right[i] if i < len(right) else blank)
-            lines.append(line)
-        lines.extend(section("time per epoch", timing, 2 * SECTION_WIDTH + 2))
-        text = Text("\n").join(lines)
-        # Crop rather than wrap on narrow terminals, so the picture keeps its shape.
-        text.no_wrap = True
-        text.overflow = "crop"
-        return text
+        return timing
 
 
 SECTION_WIDTH = 44

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as torch_dist
 
 from shoal.core.config import ConfigError
+from shoal.core.episodes import merge_episode_logs
 
 TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR")
 # Env seeds of rank r start at seed + r * RANK_SEED_STRIDE: far enough apart that the per-env
@@ -140,6 +141,14 @@ class Dist:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor.tolist()
+
+    def merge_epoch_log(self, sps: float, log: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """The whole job's epoch: every rank's steps/s summed, and their episode logs merged
+        (means weighted by episode counts)."""
+        if not self.enabled:
+            return sps, log
+        gathered = self.gather_objects((sps, log))
+        return sum(rank_sps for rank_sps, _ in gathered), merge_episode_logs(g for _, g in gathered)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when `flag` is true on some rank."""

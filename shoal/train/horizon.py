@@ -1,9 +1,11 @@
 """The adaptive-horizon advantage: credit only as far ahead as the critic can predict rewards.
 
-The critic has, besides its scalar value, a head that predicts for every state ``s_t`` and every
-lag ``k = 0 .. K-1`` a Gaussian over the reward ``r_{t+k}`` received ``k`` steps after the
-current one: mean ``mu_k(s_t)`` and standard deviation ``sigma_k(s_t)``, trained by negative
-log-likelihood on the rewards the rollout observed.
+The critic is a head on the policy's features (:class:`HorizonHead`, held by the policy as its
+``aux_head``) that predicts for every state ``s_t`` and every lag ``k = 0 .. K-1`` a Gaussian
+over the reward ``r_{t+k}`` received ``k`` steps after the current one: mean ``mu_k(s_t)`` and
+standard deviation ``sigma_k(s_t)``, trained by negative log-likelihood on the rewards the
+rollout observed. :class:`HorizonEstimator` puts the pieces behind the advantage-estimator
+interface of shoal.train.advantage; nothing else in the trainer knows this method exists.
 
 What counts as the reward at lag k (``lag_targets``): within the episode, the observed reward.
 After a *terminal* step the episode produces nothing more, so every later lag is a known 0 (this
@@ -39,10 +41,17 @@ the reward), and the whole sum by ``min(rho_clip, ratio_t)``.
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from shoal.core.config import ConfigError
+from shoal.train.losses import LossTerms
 
 # The horizon ends at the first lag whose predicted spread is above this share of the
 # unconditioned reward spread.
@@ -138,9 +147,7 @@ def gaussian_nll(
 
     Why a mean over lags rather than a per-step sum: the critic shares the policy's trunk, and a
     sum over ~H lags gives its gradient ~H times the weight of a scalar critic's at the same
-    train.vf_coef. Measured on the memory env (length 3, 2 symbols, 16K steps) a sum with
-    vf_coef 0.5 stayed at chance (0.45-0.48 over 2 seeds) while a mean learned it (> 0.98),
-    as did a sum with vf_coef 0.05.
+    train.vf_coef, enough to keep the policy from learning (docs/adaptive_horizon.md).
 
     Why beta = 1 by default: plain NLL scales the mean's gradient by 1 / sigma^2, and lags that
     are nearly deterministic (the zeros after a terminal step) drive sigma to its floor, so their
@@ -237,6 +244,175 @@ def horizon_advantages(
     return advantages * ratio.float().clamp(max=rho_clip)
 
 
-def head_lags(train_cfg) -> int:
-    """Lags the policy's horizon head needs for a TrainConfig (0: no head)."""
-    return int(train_cfg.max_horizon) if train_cfg.advantage == "adaptive_horizon" else 0
+class HorizonHead(nn.Module):
+    """The per-lag reward critic: a linear map from the policy's features to, for each of
+    ``max_lags`` lags, a mean and a standard-deviation parameter (``[..., 2 * max_lags]``: all
+    the means, then all the std parameters; see :func:`split_head`).
+
+    The policy holds it as its ``aux_head``. Orthogonal init with gain 0.01 and zero bias: the
+    first predictions are ~0 with the same spread at every lag, as a freshly initialized actor's
+    logits are near uniform.
+    """
+
+    def __init__(self, hidden_size: int, max_lags: int) -> None:
+        super().__init__()
+        if max_lags < 1:
+            raise ValueError(f"the horizon head needs at least 1 lag, got {max_lags}")
+        self.max_lags = max_lags
+        self.weight = nn.Parameter(torch.empty(2 * max_lags, hidden_size))
+        self.bias = nn.Parameter(torch.zeros(2 * max_lags))
+        nn.init.orthogonal_(self.weight, 0.01)
+
+    def forward(self, features: torch.Tensor, lags: int) -> torch.Tensor:
+        """The head for the first `lags` lags only: ``[..., 2 * lags]``. Why not the whole head:
+        only the lags up to the horizon plus its margin are used, and computing just those keeps
+        a large maximum horizon free."""
+        k = self.max_lags
+        if not 0 < lags <= k:
+            raise ValueError(f"lags must be in 1..{k}, got {lags}")
+        weight, bias = self.weight, self.bias
+        if lags < k:
+            weight = torch.cat([weight[:lags], weight[k : k + lags]])
+            bias = torch.cat([bias[:lags], bias[k : k + lags]])
+        return F.linear(features, weight, bias)
+
+
+# Runs a function of the policy's features over the whole buffer, chunk by chunk, without
+# gradients; returns its outputs in buffer order (shoal.train.learner.Learner provides it).
+BufferForward = Callable[[Callable[[torch.Tensor], torch.Tensor]], list[torch.Tensor]]
+
+
+def check_horizon_config(train_cfg: Any) -> None:
+    """ConfigError unless 1 <= train.min_horizon <= train.max_horizon and train.horizon_margin >= 0."""
+    t = train_cfg
+    if not 1 <= t.min_horizon <= t.max_horizon:
+        raise ConfigError(
+            "train.min_horizon and train.max_horizon must satisfy 1 <= min <= max, "
+            f"got {t.min_horizon}, {t.max_horizon}"
+        )
+    if t.horizon_margin < 0:
+        raise ConfigError(f"train.horizon_margin must be >= 0, got {t.horizon_margin}")
+
+
+class HorizonEstimator:
+    """The adaptive-horizon advantage estimator (train.advantage = "adaptive_horizon"); see the
+    module docstring. Implements shoal.train.advantage.AdvantageEstimator.
+
+    Its critic is :class:`HorizonHead` (``aux_head``); PPO's scalar value head stays in the
+    policy but is not trained (``value_coef`` 0) and its values are only placeholders.
+    """
+
+    # Nothing to bootstrap a truncated episode with (no scalar value): the rewards after a
+    # truncation are masked out instead (lag_targets).
+    bootstrap_truncation = False
+    value_coef = 0.0
+
+    def __init__(self, train_cfg: Any, hidden_size: int) -> None:
+        check_horizon_config(train_cfg)
+        self.cfg = train_cfg
+        self.uses_ratios = bool(train_cfg.vtrace)
+        self.aux_head = HorizonHead(hidden_size, train_cfg.max_horizon)
+        self.horizon = train_cfg.min_horizon
+        # Lags that can be observed: max_horizon, capped by the rollout's steps per agent (set
+        # when the first buffer is seen).
+        self.lags: int | None = None
+        self.trained = 0
+        self.horizon_stats: HorizonStats | None = None
+
+    def trained_lags(self) -> int:
+        """Lags in the critic's loss: the horizon plus the margin it may grow into."""
+        return min(self.lags, self.horizon + self.cfg.horizon_margin)
+
+    def _first_buffer(self, buffer: Any) -> None:
+        steps, max_horizon = buffer.steps, self.cfg.max_horizon
+        if max_horizon > steps:
+            print(
+                f"warning: train.max_horizon ({max_horizon}) is more than the rollout's {steps} steps per "
+                f"agent (train.batch_size / agents); lags past {steps} are never observed, so the horizon "
+                f"stops at {steps}. Raise train.batch_size or lower env.num_envs for a longer one.",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.lags = min(max_horizon, steps)
+        # A horizon restored from a checkpoint was chosen within the same bounds.
+        self.horizon = max(1, min(self.horizon, self.lags))
+
+    def prepare(self, buffer: Any, forward: BufferForward) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets of this rollout, the critic's predictions, and from them the horizon; returns
+        the first (advantages, returns).
+
+        Everything is computed for the lags the critic was trained on (``seen``) only: the new
+        horizon cannot pass them, so the advantage never needs more, and the cost does not grow
+        with train.max_horizon. The loss targets reach one margin further (the new horizon's)."""
+        if self.lags is None:
+            self._first_buffer(buffer)
+        cfg, buf = self.cfg, buffer
+        self.buffer = buffer
+        seen = self.trained_lags()
+        targets, valid = lag_targets(
+            buf.rewards, buf.dones, buf.truncated, min(self.lags, seen + cfg.horizon_margin)
+        )
+        self.pred_mean, std = self._predict(forward, seen)
+        seen_targets, seen_valid = targets[..., :seen], valid[..., :seen]
+        self.horizon_stats = choose_horizon(
+            std, self.pred_mean, seen_targets, seen_valid, cfg.min_horizon, self.lags, seen
+        )
+        self.horizon = self.horizon_stats.horizon
+        self.adv_targets, self.adv_valid = bootstrap_tail(
+            seen_targets, seen_valid, buf.dones, self.pred_mean[:, -1]
+        )
+        self.trained = trained = self.trained_lags()
+        self.targets_seg = targets[..., :trained].reshape(buf.num_segments, buf.horizon, trained)
+        self.valid_seg = valid[..., :trained].reshape(buf.num_segments, buf.horizon, trained)
+        return self.refresh()
+
+    def _predict(self, forward: BufferForward, lags: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's (means, stds) ``[agents, steps, lags]`` over the whole buffer."""
+        buf = self.buffer
+        heads = [split_head(raw) for raw in forward(lambda features: self.aux_head(features, lags))]
+        shape = (buf.num_agents, buf.steps, lags)
+        means = torch.cat([mean for mean, _ in heads]).view(shape)
+        stds = torch.cat([std for _, std in heads]).view(shape)
+        return means, stds
+
+    def refresh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(advantages, returns) ``[agents, steps]`` with the buffer's latest ratios."""
+        cfg, buf = self.cfg, self.buffer
+        advantages = horizon_advantages(
+            self.adv_targets,
+            self.adv_valid,
+            self.pred_mean,
+            self.horizon_stats.weights,
+            cfg.gamma,
+            self.horizon,
+            buf.ratio if cfg.vtrace else None,
+            cfg.vtrace_rho_clip,
+            cfg.vtrace_c_clip,
+        )
+        # The scalar value head is not trained: its targets are its own old values.
+        return advantages, buf.values
+
+    def aux_outputs(self, features: torch.Tensor) -> torch.Tensor:
+        return self.aux_head(features, self.trained)
+
+    def critic_loss(
+        self, terms: LossTerms, aux: torch.Tensor | None, chunk: torch.Tensor | None
+    ) -> LossTerms:
+        """The critic's loss is the likelihood of the rewards at the lags it is trained on."""
+        mean, std = split_head(aux)
+        targets, valid = self.targets_seg, self.valid_seg
+        if chunk is not None:
+            targets, valid = targets[chunk], valid[chunk]
+        terms.value_loss = gaussian_nll(mean, std, targets, valid)
+        terms.loss = terms.loss + self.cfg.vf_coef * terms.value_loss
+        return terms
+
+    def stats(self) -> dict[str, float]:
+        return {"explained_variance": self.horizon_stats.explained, "horizon": float(self.horizon)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("horizon") is not None:
+            self.horizon = int(state["horizon"])

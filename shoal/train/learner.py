@@ -1,41 +1,32 @@
-"""The PPO update over one epoch's buffer: minibatches of segments, V-trace, prioritized
-sampling, gradient accumulation, gradient clipping and the learning-rate schedule. The advantage
-is GAE (V-trace) with a scalar critic, or the adaptive horizon (shoal.train.horizon) with a
-per-lag reward critic."""
+"""The PPO update over one epoch's buffer.
+
+Read :meth:`Learner.learn` top to bottom: the advantage estimator (shoal.train.advantage) reads
+the rollout; then for each update epoch and each minibatch the segments are chosen (a random
+permutation, or prioritized by advantage), their advantages weighted and normalized, the loss
+computed chunk by chunk with gradients accumulated, and one optimizer step taken (gradient sync
+across processes, clipping, learning-rate schedule). The loss statistics are averaged over the
+minibatches.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from shoal.policy import Policy, evaluate_actions
-from shoal.train.advantage import gae, vtrace_advantages
-from shoal.train.horizon import (
-    HorizonStats,
-    bootstrap_tail,
-    choose_horizon,
-    gaussian_nll,
-    horizon_advantages,
-    lag_targets,
-    split_head,
-)
-from shoal.train.losses import normalize_advantages, ppo_loss
+from shoal.train.advantage import AdvantageEstimator
+from shoal.train.losses import LossTerms, normalize_advantages, ppo_loss
 from shoal.train.optim import Optimizers, lr_factor
 from shoal.train.rollout import RolloutBuffer
 
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
-    """1 - Var[returns - values] / Var[returns] (NaN when the returns do not vary)."""
-    var = returns.float().var()
-    if var.item() == 0:
-        return float("nan")
-    return float(1.0 - (returns.float() - values.float()).var() / var)
 
 
 def prioritized_sample(
@@ -62,16 +53,38 @@ def _take(tensor: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
     return tensor if idx is None else tensor[idx]
 
 
+@dataclass
+class Segments:
+    """The buffer as ``[segments, T, ...]`` views, with this update's advantages and returns."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    starts: torch.Tensor
+    state_h: torch.Tensor  # [segments, state]: the recurrent state before each segment
+    state_c: torch.Tensor
+    ratio: torch.Tensor  # a view of buffer.ratio: written as minibatches train
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+
 class Learner:
+    """PPO updates of `policy` from `buffer`, with advantages from `estimator`.
+
+    The batch geometry (minibatch and chunk sizes against the buffer's segments) is checked
+    once, by the training loop's config validation."""
+
     def __init__(
         self,
         policy: Policy,
         optimizers: Optimizers,
         buffer: RolloutBuffer,
-        train_cfg,
+        train_cfg: Any,
+        estimator: AdvantageEstimator,
         total_updates: int,
-        autocast=None,
-        forward_fn=None,
+        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+        forward_fn: Callable[..., tuple[torch.Tensor, ...]] | None = None,
         grad_sync: Callable[[Sequence[torch.Tensor]], None] | None = None,
         all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
@@ -79,49 +92,22 @@ class Learner:
         and before clipping: data-parallel training averages the ranks' gradients there.
         `all_sum(tensor)` sums over the ranks; with it the advantages are normalized with the
         mean and std of the whole minibatch (every rank's part of it)."""
-        cfg = train_cfg
-        self.grad_sync = grad_sync
-        self.all_sum = all_sum
-        self.policy, self.opt, self.buffer, self.cfg = policy, optimizers, buffer, cfg
+        if estimator.aux_head is not None and getattr(policy, "aux_head", None) is not estimator.aux_head:
+            # Otherwise the head would be neither optimized nor saved with the policy.
+            raise ValueError("the policy lacks the estimator's head: make_policy(..., estimator.aux_head)")
+        self.policy, self.opt, self.buffer, self.cfg = policy, optimizers, buffer, train_cfg
+        self.estimator = estimator
         self.total_updates = max(total_updates, 1)
         self.autocast = autocast
         self.forward_fn = forward_fn or policy.forward_sequence
-        horizon = buffer.horizon
-        if cfg.minibatch_size % horizon:
-            raise ValueError(
-                f"train.minibatch_size ({cfg.minibatch_size}) must be a multiple of "
-                f"train.bptt_horizon ({horizon})"
-            )
-        if cfg.max_minibatch_size < horizon:
-            raise ValueError(
-                f"train.max_minibatch_size ({cfg.max_minibatch_size}) must be at least "
-                f"train.bptt_horizon ({horizon})"
-            )
-        self.segments_per_minibatch = cfg.minibatch_size // horizon
-        if buffer.num_segments % self.segments_per_minibatch:
-            raise ValueError(
-                f"train.batch_size ({buffer.num_segments * horizon}) must be a multiple of "
-                f"train.minibatch_size ({cfg.minibatch_size})"
-            )
+        self.grad_sync = grad_sync
+        self.all_sum = all_sum
+        self.segments_per_minibatch = train_cfg.minibatch_size // buffer.horizon
         self.num_minibatches = buffer.num_segments // self.segments_per_minibatch
-        self.segments_per_chunk = max(1, cfg.max_minibatch_size // horizon)
+        self.segments_per_chunk = max(1, train_cfg.max_minibatch_size // buffer.horizon)
         self.update = 0  # optimizer steps taken, the schedule's position
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self._arange = torch.arange(buffer.num_segments, device=buffer.obs.device)
-        self.adaptive = cfg.advantage == "adaptive_horizon"
-        if self.adaptive:
-            if policy.horizon_lags < cfg.max_horizon:
-                raise ValueError(
-                    f"train.advantage = 'adaptive_horizon' needs a policy with a horizon head of "
-                    f"{cfg.max_horizon} lags (make_policy(..., horizon_lags=train.max_horizon))"
-                )
-            # Lags beyond the rollout's steps per agent are never observed.
-            self.lags = min(cfg.max_horizon, buffer.steps)
-            self.horizon = max(1, min(cfg.min_horizon, self.lags))
-            self.horizon_stats: HorizonStats | None = None
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return self.autocast() if self.autocast is not None else contextlib.nullcontext()
 
     def progress(self) -> float:
         return min(self.update / self.total_updates, 1.0)
@@ -129,206 +115,166 @@ class Learner:
     def current_lr(self) -> float:
         return float(self.opt.param_groups[0]["lr"])
 
-    def _advantages(self) -> torch.Tensor:
-        cfg, buf = self.cfg, self.buffer
-        if self.adaptive:
-            return horizon_advantages(
-                self.adv_targets,
-                self.adv_valid,
-                self.pred_mean,
-                self.horizon_stats.weights,
-                cfg.gamma,
-                self.horizon,
-                buf.ratio if cfg.vtrace else None,
-                cfg.vtrace_rho_clip,
-                cfg.vtrace_c_clip,
-            )
-        if cfg.vtrace:
-            return vtrace_advantages(
-                buf.values,
-                buf.rewards,
-                buf.dones,
-                buf.next_value,
-                buf.ratio,
-                cfg.gamma,
-                cfg.gae_lambda,
-                cfg.vtrace_rho_clip,
-                cfg.vtrace_c_clip,
-            )
-        return gae(buf.values, buf.rewards, buf.dones, buf.next_value, cfg.gamma, cfg.gae_lambda)
+    def state_dict(self) -> dict[str, Any]:
+        return {"update": self.update, "estimator": self.estimator.state_dict()}
 
-    def trained_lags(self) -> int:
-        """Lags in the critic's loss: the horizon plus the margin it may grow into."""
-        return min(self.lags, self.horizon + self.cfg.horizon_margin)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.update = int(state["update"])
+        self.estimator.load_state_dict(state.get("estimator", {}))
 
-    @torch.no_grad()
-    def _predict_rewards(self, lags: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The horizon head's (means, stds) ``[agents, steps, lags]`` over the whole buffer."""
-        buf, policy = self.buffer, self.policy
-        seg = buf.segment_view
-        obs, starts = seg(buf.obs), buf.segment_starts()
-        state_h = buf.state_h.view(buf.num_segments, -1)
-        state_c = buf.state_c.view(buf.num_segments, -1)
-        means, stds = [], []
-        for lo in range(0, buf.num_segments, self.segments_per_chunk):
-            chunk = slice(lo, lo + self.segments_per_chunk)
-            state = (state_h[chunk], state_c[chunk]) if policy.use_lstm else None
-            with self._autocast():
-                raw = self.forward_fn(obs[chunk], starts[chunk], state, with_horizon=lags)[2]
-            mean, std = split_head(raw)
-            means.append(mean)
-            stds.append(std)
-        shape = (buf.num_agents, buf.steps, lags)
-        return torch.cat(means).view(shape), torch.cat(stds).view(shape)
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return self.autocast() if self.autocast is not None else contextlib.nullcontext()
 
-    def _update_horizon(self) -> None:
-        """Targets of this rollout, the critic's predictions, and from them the horizon.
-
-        Everything is computed for the lags the critic was trained on (``seen``) only: the new
-        horizon cannot pass them, so the advantage never needs more, and the cost does not grow
-        with train.max_horizon. The loss targets reach one margin further (the new horizon's)."""
-        cfg, buf = self.cfg, self.buffer
-        seen = self.trained_lags()
-        self.targets, self.valid = lag_targets(
-            buf.rewards, buf.dones, buf.truncated, min(self.lags, seen + cfg.horizon_margin)
-        )
-        self.pred_mean, std = self._predict_rewards(seen)
-        targets, valid = self.targets[..., :seen], self.valid[..., :seen]
-        self.horizon_stats = choose_horizon(
-            std, self.pred_mean, targets, valid, cfg.min_horizon, self.lags, seen
-        )
-        self.horizon = self.horizon_stats.horizon
-        self.adv_targets, self.adv_valid = bootstrap_tail(targets, valid, buf.dones, self.pred_mean[:, -1])
+    # ---- the update ----
 
     def learn(self) -> dict[str, float]:
-        """Run all update epochs over the buffer; return mean loss statistics."""
-        cfg, buf, policy = self.cfg, self.buffer, self.policy
-        buf.ratio.fill_(1.0)
-        if self.adaptive:
-            self._update_horizon()
-        advantages = self._advantages()
-        if self.adaptive:
-            # The scalar value head is not trained; its "returns" are only placeholders.
-            returns = buf.values
-            stats = {"explained_variance": self.horizon_stats.explained, "horizon": float(self.horizon)}
-            trained = self.trained_lags()
-            targets_seg = self.targets[..., :trained].reshape(buf.num_segments, buf.horizon, trained)
-            valid_seg = self.valid[..., :trained].reshape(buf.num_segments, buf.horizon, trained)
-        else:
-            returns = advantages + buf.values
-            stats = {"explained_variance": explained_variance(buf.values, returns)}
-
-        seg = buf.segment_view
-        obs, actions = seg(buf.obs), seg(buf.actions)
-        old_log_probs, old_values = seg(buf.log_probs), seg(buf.values)
-        returns_seg = seg(returns)
-        starts = buf.segment_starts()
-        state_h = buf.state_h.view(buf.num_segments, -1)
-        state_c = buf.state_c.view(buf.num_segments, -1)
-        ratio_seg = seg(buf.ratio)
-        advantages_seg = seg(advantages)
-
-        totals = torch.zeros(len(LOSS_KEYS), device=buf.obs.device)
+        """Run all update epochs over the buffer; return the estimator's statistics and the
+        mean loss statistics."""
+        seg = self._segments()
+        self._set_targets(seg, self.estimator.prepare(self.buffer, functools.partial(self._forward_all, seg)))
+        totals = torch.zeros(len(LOSS_KEYS), device=self.buffer.obs.device)
         count = 0
-        per = self.segments_per_minibatch
-        for _ in range(cfg.update_epochs):
-            order = None if cfg.prio_alpha > 0 else torch.randperm(buf.num_segments, device=buf.obs.device)
+        for _ in range(self.cfg.update_epochs):
+            order = self._epoch_order()
             for m in range(self.num_minibatches):
-                if cfg.vtrace and count > 0:
-                    # V-trace: targets and advantages follow the ratios of the latest updates.
-                    advantages = self._advantages()
-                    advantages_seg = seg(advantages)
-                    if not self.adaptive:
-                        returns_seg = seg(advantages + buf.values)
-                weights = None
-                if cfg.prio_alpha > 0:
-                    beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * self.progress()
-                    idx, weights = prioritized_sample(advantages_seg, per, cfg.prio_alpha, beta)
-                elif self.num_minibatches == 1:
-                    # The whole buffer in one minibatch: its order does not matter, skip the gathers.
-                    idx = None
-                else:
-                    idx = order[m * per : (m + 1) * per]
-                adv = _take(advantages_seg, idx)
-                if weights is not None:
-                    adv = adv * weights.unsqueeze(1)
-                if cfg.norm_adv:
-                    adv = normalize_advantages(adv, all_sum=self.all_sum)
-                self.opt.set_lr_factor(
-                    lr_factor(self.progress(), cfg.lr_schedule, cfg.warmup_fraction, cfg.min_lr_ratio)
-                )
-                self.opt.zero_grad()
-                for lo in range(0, per, self.segments_per_chunk):
-                    if idx is None and self.segments_per_chunk >= per:
-                        chunk, share = None, 1.0
-                    else:
-                        chunk = (idx if idx is not None else self._arange)[lo : lo + self.segments_per_chunk]
-                        share = len(chunk) / per
-                    state = (_take(state_h, chunk), _take(state_c, chunk)) if policy.use_lstm else None
-                    with self._autocast():
-                        outputs = self.forward_fn(
-                            _take(obs, chunk),
-                            _take(starts, chunk),
-                            state,
-                            with_horizon=trained if self.adaptive else 0,
-                        )
-                    logits, values = outputs[0], outputs[1]
-                    new_log_prob, entropy = evaluate_actions(policy, logits, _take(actions, chunk))
-                    terms = ppo_loss(
-                        new_log_prob,
-                        _take(old_log_probs, chunk),
-                        adv[lo : lo + self.segments_per_chunk],
-                        values.float(),
-                        _take(old_values, chunk),
-                        _take(returns_seg, chunk),
-                        entropy,
-                        cfg.clip_coef,
-                        cfg.vf_clip_coef,
-                        0.0 if self.adaptive else cfg.vf_coef,
-                        cfg.ent_coef,
-                    )
-                    if self.adaptive:
-                        # The critic is the horizon head: its loss is the likelihood of the rewards
-                        # at the lags it is trained on.
-                        mean, std = split_head(outputs[2])
-                        terms.value_loss = gaussian_nll(
-                            mean,
-                            std,
-                            _take(targets_seg, chunk),
-                            _take(valid_seg, chunk),
-                        )
-                        terms.loss = terms.loss + cfg.vf_coef * terms.value_loss
-                    (terms.loss * share if share != 1.0 else terms.loss).backward()
-                    with torch.no_grad():
-                        totals += (
-                            share
-                            * torch.stack(
-                                [
-                                    terms.policy_loss,
-                                    terms.value_loss,
-                                    terms.entropy,
-                                    terms.approx_kl,
-                                    terms.clip_fraction,
-                                ]
-                            ).detach()
-                        )
-                        if cfg.vtrace:
-                            if chunk is None:
-                                ratio_seg.copy_(terms.ratio.detach())
-                            else:
-                                ratio_seg[chunk] = terms.ratio.detach()
-                if self.grad_sync is not None:
-                    self.grad_sync(self.params)
-                if cfg.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
-                self.opt.step()
-                self.update += 1
+                if self.estimator.uses_ratios and count > 0:
+                    # Off-policy correction: advantages follow the ratios of the latest updates.
+                    self._set_targets(seg, self.estimator.refresh())
+                idx, weights = self._choose_segments(seg, order, m)
+                self._train_minibatch(seg, idx, weights, totals)
                 count += 1
-        means = (totals / max(count, 1)).tolist()
-        stats.update(zip(LOSS_KEYS, means, strict=True))
-        if not all(math.isfinite(v) for v in means):
+        return self._statistics(totals, count)
+
+    def _segments(self) -> Segments:
+        buf = self.buffer
+        # Every step starts on-policy; a minibatch that trains on a step records its new ratio.
+        buf.ratio.fill_(1.0)
+        view = buf.segment_view
+        return Segments(
+            obs=view(buf.obs),
+            actions=view(buf.actions),
+            log_probs=view(buf.log_probs),
+            values=view(buf.values),
+            starts=buf.segment_starts(),
+            state_h=buf.state_h.view(buf.num_segments, -1),
+            state_c=buf.state_c.view(buf.num_segments, -1),
+            ratio=view(buf.ratio),
+        )
+
+    def _set_targets(self, seg: Segments, targets: tuple[torch.Tensor, torch.Tensor]) -> None:
+        advantages, returns = targets
+        seg.advantages = self.buffer.segment_view(advantages)
+        seg.returns = self.buffer.segment_view(returns)
+
+    @torch.no_grad()
+    def _forward_all(self, seg: Segments, head: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """`head(features)` for every chunk of segments of the buffer, in order, under autocast
+        and without gradients (the estimator's predictions over the rollout)."""
+        outputs = []
+        for lo in range(0, self.buffer.num_segments, self.segments_per_chunk):
+            chunk = slice(lo, lo + self.segments_per_chunk)
+            state = (seg.state_h[chunk], seg.state_c[chunk]) if self.policy.use_lstm else None
+            with self._autocast():
+                features = self.forward_fn(seg.obs[chunk], seg.starts[chunk], state, features=True)[2]
+                outputs.append(head(features))
+        return outputs
+
+    def _epoch_order(self) -> torch.Tensor | None:
+        """A fresh permutation of the segments, or None when minibatches are sampled by priority."""
+        if self.cfg.prio_alpha > 0:
+            return None
+        return torch.randperm(self.buffer.num_segments, device=self.buffer.obs.device)
+
+    def _choose_segments(
+        self, seg: Segments, order: torch.Tensor | None, m: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Minibatch `m`'s segment indices (None: all, in buffer order) and importance weights."""
+        cfg, per = self.cfg, self.segments_per_minibatch
+        if cfg.prio_alpha > 0:
+            beta = cfg.prio_beta0 + (1.0 - cfg.prio_beta0) * self.progress()
+            return prioritized_sample(seg.advantages, per, cfg.prio_alpha, beta)
+        if self.num_minibatches == 1:
+            # The whole buffer in one minibatch: its order does not matter, skip the gathers.
+            return None, None
+        return order[m * per : (m + 1) * per], None
+
+    def _train_minibatch(
+        self, seg: Segments, idx: torch.Tensor | None, weights: torch.Tensor | None, totals: torch.Tensor
+    ) -> None:
+        """One optimizer step on the segments `idx`, in chunks of at most train.max_minibatch_size
+        steps whose gradients add up to the whole minibatch's; adds its statistics to `totals`."""
+        cfg, per, size = self.cfg, self.segments_per_minibatch, self.segments_per_chunk
+        adv = _take(seg.advantages, idx)
+        if weights is not None:
+            adv = adv * weights.unsqueeze(1)
+        if cfg.norm_adv:
+            adv = normalize_advantages(adv, all_sum=self.all_sum)
+        self.opt.set_lr_factor(
+            lr_factor(self.progress(), cfg.lr_schedule, cfg.warmup_fraction, cfg.min_lr_ratio)
+        )
+        self.opt.zero_grad()
+        for lo in range(0, per, size):
+            if idx is None and size >= per:
+                chunk, share = None, 1.0
+            else:
+                chunk = (idx if idx is not None else self._arange)[lo : lo + size]
+                share = len(chunk) / per
+            terms = self._chunk_loss(seg, chunk, adv[lo : lo + size])
+            (terms.loss * share if share != 1.0 else terms.loss).backward()
+            self._record(seg, chunk, share, terms, totals)
+        if self.grad_sync is not None:
+            self.grad_sync(self.params)
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+        self.opt.step()
+        self.update += 1
+
+    def _chunk_loss(self, seg: Segments, chunk: torch.Tensor | None, adv: torch.Tensor) -> LossTerms:
+        cfg, estimator = self.cfg, self.estimator
+        state = (_take(seg.state_h, chunk), _take(seg.state_c, chunk)) if self.policy.use_lstm else None
+        obs, starts = _take(seg.obs, chunk), _take(seg.starts, chunk)
+        aux = None
+        with self._autocast():
+            if estimator.aux_head is None:
+                logits, values = self.forward_fn(obs, starts, state)
+            else:
+                logits, values, features = self.forward_fn(obs, starts, state, features=True)
+                aux = estimator.aux_outputs(features)
+        new_log_prob, entropy = evaluate_actions(self.policy, logits, _take(seg.actions, chunk))
+        terms = ppo_loss(
+            new_log_prob,
+            _take(seg.log_probs, chunk),
+            adv,
+            values.float(),
+            _take(seg.values, chunk),
+            _take(seg.returns, chunk),
+            entropy,
+            cfg.clip_coef,
+            cfg.vf_clip_coef,
+            estimator.value_coef,
+            cfg.ent_coef,
+        )
+        return estimator.critic_loss(terms, aux, chunk)
+
+    @torch.no_grad()
+    def _record(
+        self, seg: Segments, chunk: torch.Tensor | None, share: float, terms: LossTerms, totals: torch.Tensor
+    ) -> None:
+        stacked = torch.stack(
+            [terms.policy_loss, terms.value_loss, terms.entropy, terms.approx_kl, terms.clip_fraction]
+        )
+        totals += share * stacked.detach()
+        if self.estimator.uses_ratios:
+            if chunk is None:
+                seg.ratio.copy_(terms.ratio.detach())
+            else:
+                seg.ratio[chunk] = terms.ratio.detach()
+
+    def _statistics(self, totals: torch.Tensor, count: int) -> dict[str, float]:
+        means = dict(zip(LOSS_KEYS, (totals / max(count, 1)).tolist(), strict=True))
+        if not all(math.isfinite(v) for v in means.values()):
             raise FloatingPointError(
-                f"training diverged: non-finite loss statistics {dict(zip(LOSS_KEYS, means, strict=True))}; "
+                f"training diverged: non-finite loss statistics {means}; "
                 "try a lower train.learning_rate or train.max_grad_norm"
             )
-        return stats
+        return {**self.estimator.stats(), **means}

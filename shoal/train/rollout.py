@@ -8,7 +8,6 @@ copy. Rollout writes one column per step with in-place copies.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from dataclasses import dataclass, field
 
@@ -21,15 +20,14 @@ from shoal.policy import Policy, sample_actions
 
 @dataclass
 class PhaseTimes:
-    """Seconds spent per phase since the last reset."""
+    """Seconds a rollout spent per phase since the last reset."""
 
     env: float = 0.0
     inference: float = 0.0
     copy: float = 0.0
-    learn: float = 0.0
 
     def reset(self) -> None:
-        self.env = self.inference = self.copy = self.learn = 0.0
+        self.env = self.inference = self.copy = 0.0
 
 
 def torch_dtype(np_dtype: np.dtype) -> torch.dtype:
@@ -37,7 +35,8 @@ def torch_dtype(np_dtype: np.dtype) -> torch.dtype:
 
 
 class RolloutBuffer:
-    """One epoch of experience for `num_agents` agents times `steps` steps."""
+    """One epoch of experience for `num_agents` agents times `steps` steps, cut into segments of
+    `horizon` steps (the loop's validation made sure `horizon` divides `steps`)."""
 
     def __init__(
         self,
@@ -51,10 +50,6 @@ class RolloutBuffer:
         state_size: int,
         device: torch.device,
     ) -> None:
-        if steps % horizon:
-            raise ValueError(
-                f"steps per agent ({steps}) must be a multiple of train.bptt_horizon ({horizon})"
-            )
         self.num_agents, self.steps, self.horizon = num_agents, steps, horizon
         self.segments_per_agent = steps // horizon
         self.num_segments = num_agents * self.segments_per_agent
@@ -105,24 +100,13 @@ class Collector:
     device: torch.device
     gamma: float
     autocast: contextlib.AbstractContextManager | None = None
+    # The policy's step (policy.step, or a compiled version of it).
     step_fn: object = None
     # Rewards are clamped to [-reward_clip, reward_clip] as they are stored (0 = no clamp).
     reward_clip: float = 0.0
-    # Add gamma * V(final obs) to the last reward of a truncated episode (GAE and V-trace); the
-    # adaptive-horizon advantage has no scalar value and masks what follows a truncation instead.
+    # Add gamma * V(final obs) to the last reward of a truncated episode; an estimator without a
+    # scalar value (the adaptive horizon) masks what follows a truncation instead.
     bootstrap_truncation: bool = True
-    # Double buffering (train.overlap): `env` is a shoal.train.overlap.EnvHalves, and one half's
-    # envs step on a background thread while the policy acts for the other half. The buffer
-    # gets the same layout and content as without it; `times.env` is then the time spent
-    # waiting for the envs, and `env_hidden` the env time that ran during other work.
-    overlap: bool = False
-    # shoal.train.threads.ThreadTuner pair (rollout, update): the first sets the torch threads
-    # of each collect and times it, the second those of what runs from the end of one collect
-    # to the start of the next (the learner's update).
-    thread_tuners: tuple | None = None
-    # On CUDA: replay the inference step (forward and sampling) from a captured CUDA graph
-    # (shoal/train/cuda_graph.py); ignored on the CPU.
-    cuda_graph: bool = False
     times: PhaseTimes = field(default_factory=PhaseTimes)
 
     def __post_init__(self) -> None:
@@ -154,24 +138,9 @@ class Collector:
             self.actions_pinned = torch.zeros(self.actions_np.shape, dtype=actions_dtype).pin_memory()
         if self.step_fn is None:
             self.step_fn = self.policy.step
-        self.act_fn = self._infer
-        # Per env half in overlap mode: each half's graph keeps its own outputs, which must
-        # live until that half's step is stored, after the other half has acted.
-        self.half_act_fns = (self._infer, self._infer)
-        if self.cuda_graph and self.on_cuda:
-            from shoal.train.cuda_graph import GraphedAct
-
-            # A cached autocast copy of the weights would be frozen into the graph.
-            uncached = functools.partial(self._infer, autocast_cache=False)
-            self.act_fn = GraphedAct(uncached)
-            self.half_act_fns = (GraphedAct(uncached), GraphedAct(uncached))
-        if self.overlap and len(getattr(env, "halves", ())) != 2:
-            raise ValueError(
-                "Collector(overlap=True) needs an env split in two halves (shoal.train.overlap.EnvHalves), "
-                f"got {type(env).__name__}"
-            )
-        # Seconds of env stepping that overlapped other work in the last collect (overlap only).
-        self.env_hidden = 0.0
+        # The inference step of every env step; shoal.train.cuda_graph may replace it with a
+        # replay of a captured graph of `infer`.
+        self.act_fn = self.infer
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -182,65 +151,47 @@ class Collector:
             return contextlib.nullcontext()
         return self.autocast() if cache else self.autocast(cache_enabled=False)
 
-    def _infer(self, obs: torch.Tensor, state: tuple, autocast_cache: bool = True) -> tuple:
+    def infer(self, obs: torch.Tensor, state: tuple, autocast_cache: bool = True) -> tuple:
         """(actions, log_prob, value, new_state) for a batch of observations."""
         with self._autocast(autocast_cache):
             logits, value, new_state = self.step_fn(obs, state)
             actions, log_prob = sample_actions(self.policy, logits)
         return actions, log_prob, value, new_state
 
-    def _load_obs(self, obs_np: np.ndarray, rows: slice | None = None) -> torch.Tensor:
+    def _load_obs(self, obs_np: np.ndarray) -> torch.Tensor:
         obs = torch.from_numpy(obs_np)
         if self.on_cuda:
-            staging = self.obs_pinned if rows is None else self.obs_pinned[rows]
-            target = self.obs_dev if rows is None else self.obs_dev[rows]
-            staging.copy_(obs)
-            target.copy_(staging, non_blocking=True)
-            return target
+            self.obs_pinned.copy_(obs)
+            self.obs_dev.copy_(self.obs_pinned, non_blocking=True)
+            return self.obs_dev
         return obs
 
-    def _actions_to_env(self, actions: torch.Tensor, rows: slice | None = None) -> None:
-        """Write sampled actions into the env's action array (all rows or `rows`)."""
-        out = self.actions_np if rows is None else self.actions_np[rows]
+    def _actions_to_env(self, actions: torch.Tensor) -> None:
+        """Write sampled actions into the env's action array."""
         if self.on_cuda:
-            staging = self.actions_pinned if rows is None else self.actions_pinned[rows]
+            staging = self.actions_pinned
             staging.copy_(actions.reshape(staging.shape), non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
             actions = staging
-        np.copyto(out, actions.numpy().reshape(out.shape), casting="unsafe")
+        np.copyto(self.actions_np, actions.numpy().reshape(self.actions_np.shape), casting="unsafe")
 
     def _load_step(
-        self, rewards: np.ndarray, done: np.ndarray, truncations: np.ndarray, rows: slice | None = None
+        self, rewards: np.ndarray, done: np.ndarray, truncations: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rewards, dones, truncations) of one step as float tensors on the device."""
         if not self.on_cuda:
             return torch.from_numpy(rewards), torch.from_numpy(done), torch.from_numpy(truncations)
-        staging = self.step_pinned if rows is None else self.step_pinned[rows]
-        target = self.step_dev if rows is None else self.step_dev[rows]
-        view = staging.numpy()
+        view = self.step_pinned.numpy()
         view[:, 0] = rewards
         view[:, 1] = done
         view[:, 2] = truncations
-        target.copy_(staging, non_blocking=True)
+        target = self.step_dev
+        target.copy_(self.step_pinned, non_blocking=True)
         return target[:, 0], target[:, 1], target[:, 2]
 
     @torch.inference_mode()
     def collect(self, obs_np: np.ndarray) -> np.ndarray:
         """Fill the buffer for one epoch starting from observations `obs_np`; return the last ones."""
-        if self.thread_tuners is None:
-            return self._collect(obs_np)
-        rollout, update = self.thread_tuners
-        update.end()
-        rollout.begin()
-        try:
-            return self._collect(obs_np)
-        finally:
-            rollout.end()
-            update.begin()
-
-    def _collect(self, obs_np: np.ndarray) -> np.ndarray:
-        if self.overlap:
-            return self._collect_overlap(obs_np)
         buf, env, policy = self.buffer, self.env, self.policy
         times = self.times
         clock = time.perf_counter
@@ -256,32 +207,11 @@ class Collector:
             t1 = clock()
             actions, log_prob, value, new_state = self.act_fn(obs, self.state)
             t2 = clock()
-            buf.obs[:, t].copy_(obs)
-            buf.actions[:, t].copy_(actions)
-            buf.log_probs[:, t].copy_(log_prob)
-            buf.values[:, t].copy_(value)
-            if self.continuous:
-                # The buffer keeps the sampled action; the env gets it inside its bounds.
-                actions = torch.max(torch.min(actions, self.high), self.low)
-            self._actions_to_env(actions)
+            self._store_action(t, obs, actions, log_prob, value)
             t3 = clock()
             obs_np, rewards, terminals, truncations, _ = env.step(self.actions_np)
             t4 = clock()
-            np.logical_or(terminals, truncations, out=self.done_np)
-            rewards_t, done_t, truncated_t = self._load_step(rewards, self.done_np, truncations)
-            buf.rewards[:, t].copy_(rewards_t)
-            if self.reward_clip > 0:
-                # Before the truncation bootstrap: gamma * V(final obs) is a value, not a reward.
-                buf.rewards[:, t].clamp_(-self.reward_clip, self.reward_clip)
-            buf.dones[:, t].copy_(done_t)
-            buf.truncated[:, t].copy_(truncated_t)
-            if self.bootstrap_truncation and truncations.any():
-                self._bootstrap_truncated(t, truncations, new_state)
-            if has_state:
-                done = done_t.unsqueeze(1).bool()  # as is on the CPU; from float staging on CUDA
-                new_state[0].masked_fill_(done, 0.0)
-                new_state[1].masked_fill_(done, 0.0)
-                self.state = new_state
+            self._store_step(t, rewards, terminals, truncations, new_state)
             t5 = clock()
             times.copy += (t1 - t0) + (t3 - t2) + (t5 - t4)
             times.inference += t2 - t1
@@ -292,124 +222,48 @@ class Collector:
         times.inference += clock() - t0
         return obs_np
 
-    def _bootstrap_truncated(
-        self, t: int, truncations: np.ndarray, state: tuple, env: object = None, offset: int = 0
+    def _store_action(
+        self, t: int, obs: torch.Tensor, actions: torch.Tensor, log_prob: torch.Tensor, value: torch.Tensor
     ) -> None:
-        """A truncated episode is not terminal: its last reward gains gamma * V(final obs),
-        valued with the agent's state before the reset. With `env` (an env half) the rows are
-        that env's, and `offset` is its first row in the buffer."""
-        rows = np.flatnonzero(truncations)
-        idx = torch.from_numpy(rows).to(self.device)
-        source = self.env if env is None else env
-        final_obs = torch.from_numpy(source.final_observations[rows]).to(self.device)
-        sub_state = (state[0][idx], state[1][idx])
-        with self._autocast():
-            value = self.policy.value(final_obs, sub_state).float()
-        self.buffer.rewards[idx + offset if offset else idx, t] += self.gamma * value
-
-    # ---- double buffering ----
-
-    def _collect_overlap(self, obs_np: np.ndarray) -> np.ndarray:
-        """`collect` with the env halves stepping in turn on a background thread.
-
-        Per step t: act for half 0; wait for half 1's step t-1 and start half 0's step t; store
-        half 1's step t-1; act for half 1; wait for half 0's step t and start half 1's; store
-        half 0's step t. The thread always has a step to run while this thread computes, and
-        each half's actions, rewards and state resets happen in the same order as without
-        overlap, so the buffer is the same whatever the timing.
-        """
-        from shoal.train.overlap import EnvStepper
-
-        buf, env = self.buffer, self.env
-        halves, rows = env.halves, env.rows
-        times = self.times
-        clock = time.perf_counter
-        steps = buf.steps
-        new_states: list = [None, None]
-        stepper = EnvStepper()
-        waited = 0.0
-
-        def wait() -> None:
-            nonlocal waited
-            t0 = clock()
-            stepper.wait()
-            waited += clock() - t0
-
-        try:
-            for t in range(steps):
-                src = obs_np[rows[0]] if t == 0 else halves[0].observations
-                new_states[0] = self._act(0, t, src)
-                if t > 0:
-                    wait()
-                stepper.start(halves[0], self.actions_np[rows[0]])
-                if t > 0:
-                    self._store(1, t - 1, new_states[1])
-                src = obs_np[rows[1]] if t == 0 else halves[1].observations
-                new_states[1] = self._act(1, t, src)
-                wait()
-                stepper.start(halves[1], self.actions_np[rows[1]])
-                self._store(0, t, new_states[0])
-            wait()
-            self._store(1, steps - 1, new_states[1])
-        finally:
-            stepper.close()
-        times.env += waited
-        self.env_hidden = max(0.0, stepper.busy - waited)
-        t0 = clock()
-        obs_np = env.gather()
-        with self._autocast():
-            buf.next_value.copy_(self.policy.value(self._load_obs(obs_np), self.state))
-        times.inference += clock() - t0
-        return obs_np
-
-    def _act(self, h: int, t: int, obs_np: np.ndarray) -> tuple:
-        """Inference for env half `h` at step t: fills its buffer rows and actions; returns its
-        new recurrent state (applied by `_store` once its step is known)."""
-        buf, policy, times = self.buffer, self.policy, self.times
-        clock = time.perf_counter
-        rows = self.env.rows[h]
-        t0 = clock()
-        obs = self._load_obs(obs_np, rows)
-        state = (self.state[0][rows], self.state[1][rows])
-        if policy.use_lstm and t % buf.horizon == 0:
-            k = t // buf.horizon
-            buf.state_h[rows, k].copy_(state[0])
-            buf.state_c[rows, k].copy_(state[1])
-        t1 = clock()
-        actions, log_prob, value, new_state = self.half_act_fns[h](obs, state)
-        t2 = clock()
-        buf.obs[rows, t].copy_(obs)
-        buf.actions[rows, t].copy_(actions)
-        buf.log_probs[rows, t].copy_(log_prob)
-        buf.values[rows, t].copy_(value)
+        """Store step t's inputs and outputs of the policy; hand the actions to the env."""
+        buf = self.buffer
+        buf.obs[:, t].copy_(obs)
+        buf.actions[:, t].copy_(actions)
+        buf.log_probs[:, t].copy_(log_prob)
+        buf.values[:, t].copy_(value)
         if self.continuous:
+            # The buffer keeps the sampled action; the env gets it inside its bounds.
             actions = torch.max(torch.min(actions, self.high), self.low)
-        self._actions_to_env(actions, rows)
-        t3 = clock()
-        times.copy += (t1 - t0) + (t3 - t2)
-        times.inference += t2 - t1
-        return new_state
+        self._actions_to_env(actions)
 
-    def _store(self, h: int, t: int, new_state: tuple) -> None:
-        """Store env half `h`'s step t (rewards, dones, truncation bootstrap) and its state."""
-        buf, times = self.buffer, self.times
-        t0 = time.perf_counter()
-        half, rows = self.env.halves[h], self.env.rows[h]
-        rewards, terminals, truncations = half.rewards, half.terminals, half.truncations
-        done_np = self.done_np[rows]
-        np.logical_or(terminals, truncations, out=done_np)
-        rewards_t, done_t, truncated_t = self._load_step(rewards, done_np, truncations, rows)
-        buf.rewards[rows, t].copy_(rewards_t)
+    def _store_step(
+        self, t: int, rewards: np.ndarray, terminals: np.ndarray, truncations: np.ndarray, new_state: tuple
+    ) -> None:
+        """Store what step t's env step returned, and carry the recurrent state past it."""
+        buf = self.buffer
+        np.logical_or(terminals, truncations, out=self.done_np)
+        rewards_t, done_t, truncated_t = self._load_step(rewards, self.done_np, truncations)
+        buf.rewards[:, t].copy_(rewards_t)
         if self.reward_clip > 0:
-            buf.rewards[rows, t].clamp_(-self.reward_clip, self.reward_clip)
-        buf.dones[rows, t].copy_(done_t)
-        buf.truncated[rows, t].copy_(truncated_t)
+            # Before the truncation bootstrap: gamma * V(final obs) is a value, not a reward.
+            buf.rewards[:, t].clamp_(-self.reward_clip, self.reward_clip)
+        buf.dones[:, t].copy_(done_t)
+        buf.truncated[:, t].copy_(truncated_t)
         if self.bootstrap_truncation and truncations.any():
-            self._bootstrap_truncated(t, truncations, new_state, half, rows.start)
+            self._bootstrap_truncated(t, truncations, new_state)
         if self.policy.use_lstm:
             done = done_t.unsqueeze(1).bool()  # as is on the CPU; from float staging on CUDA
             new_state[0].masked_fill_(done, 0.0)
             new_state[1].masked_fill_(done, 0.0)
-            self.state[0][rows].copy_(new_state[0])
-            self.state[1][rows].copy_(new_state[1])
-        times.copy += time.perf_counter() - t0
+            self.state = new_state
+
+    def _bootstrap_truncated(self, t: int, truncations: np.ndarray, state: tuple) -> None:
+        """A truncated episode is not terminal: its last reward gains gamma * V(final obs),
+        valued with the agent's state before the reset."""
+        rows = np.flatnonzero(truncations)
+        idx = torch.from_numpy(rows).to(self.device)
+        final_obs = torch.from_numpy(self.env.final_observations[rows]).to(self.device)
+        sub_state = (state[0][idx], state[1][idx])
+        with self._autocast():
+            value = self.policy.value(final_obs, sub_state).float()
+        self.buffer.rewards[idx, t] += self.gamma * value

@@ -1,41 +1,47 @@
-"""Torch threads and the OpenMP wait policy, chosen before torch starts its thread pools.
+"""Torch threads and the OpenMP wait policy: the thread policy at the edge of the training loop.
 
 Torch's CPU kernels run on an OpenMP pool (libgomp on Linux). libgomp reads ``OMP_WAIT_POLICY``
 once, when the library is loaded, i.e. at ``import torch``; setting the variable later changes
-nothing. So the policy has to be in the environment before anything imports torch:
+nothing. So the policy has to be in the environment before anything imports torch, and only the
+program that owns the process may put it there:
 
 - ``shoal train`` (shoal/cli.py) resolves ``train.omp_wait_policy`` from the config and calls
-  :func:`prepare_wait_policy` before it imports the trainer;
-- importing ``shoal.train`` (which loads no torch by itself) sets ``PASSIVE`` when nothing set
-  the variable yet, so library users get the same default;
-- when torch was loaded before either could act (``import torch`` first, then ``train(cfg)``),
-  the policy cannot change any more: :func:`wait_policy_status` then reports what torch was
-  most likely loaded with, marked unverified, and says so instead of pretending.
+  :func:`prepare_wait_policy` before it imports the trainer; the benchmarks that take a wait
+  policy do the same.
+- A library user who calls ``shoal.train.train(cfg)`` from their own program decides it
+  themselves: importing shoal changes no environment variable. Call
+  ``shoal.train.threads.prepare_wait_policy(cfg.train.omp_wait_policy)`` (this module loads no
+  torch) before the first ``import torch``, or start Python with ``OMP_WAIT_POLICY=PASSIVE``.
+  Otherwise torch runs with libgomp's default (spin a few milliseconds, then sleep).
+- When torch was loaded before the policy could be set, it cannot change any more:
+  :func:`wait_policy_status` then reports what torch was most likely loaded with, marked
+  unverified, and the trainer warns when the config asked for another one.
 
-Why ``passive`` by default (``auto``): with ``active`` an idle OpenMP worker never stops
-spinning (libgomp's default, the variable unset, spins a few milliseconds after every parallel
-region). On a 2-core machine with nothing else running that is faster where torch runs many
-small kernels back to back: about 1.8x for the LSTM's per-step kernels
-(benchmarks/wait_policy.py) and 1.4-1.6x end to end for the 128-wide LSTM in bfloat16. But a
-spinning worker never yields its core: with one other busy process the same kernels ran
-1.3-1.6x slower than with ``passive``, and on a machine shared with other jobs 2-thread
-training with ``active`` fell to about a tenth of its ``passive`` speed. A docked libgomp
-worker keeps spinning even after torch drops to 1 thread, so ``active`` cannot be undone
-during a run. Choose ``active`` on a machine the run has to itself.
+Why ``passive`` by default (``auto``): an ``active`` worker never stops spinning and never yields
+its core, so it is faster only on a machine the run has to itself, and much slower as soon as
+another process needs the cores (the C envs included); a docked libgomp worker keeps spinning
+even after torch drops to 1 thread, so ``active`` cannot be undone during a run. docs/cli.md has
+the measurements (``python benchmarks/wait_policy.py``).
 
 The thread count is different: torch.set_num_threads works at any time, so with
-``train.torch_threads = 0`` the trainer starts from :func:`choose_torch_threads` and
-:class:`ThreadTuner` keeps choosing, per phase, by measured times.
+``train.torch_threads = 0`` the trainer starts from :func:`choose_torch_threads` and, through
+:func:`phase_threads`, lets a :class:`ThreadTuner` per phase of the epoch keep choosing by
+measured times.
 
-This module imports neither torch nor NumPy.
+This module imports neither torch nor NumPy at import time (torch only inside the functions
+the trainer calls once torch is loaded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
+
+from shoal.core.config import ConfigError
 
 WAIT_POLICIES = ("auto", "passive", "active")
 VAR = "OMP_WAIT_POLICY"
@@ -66,7 +72,7 @@ def choose_torch_threads(requested: int, processes_per_machine: int = 1) -> int:
     busy neighbour can stall at each parallel region's barrier.
     """
     if requested < 0:
-        raise ValueError(f"train.torch_threads must be >= 0, got {requested}")
+        raise ConfigError(f"train.torch_threads must be >= 0, got {requested}")
     if requested:
         return requested
     share = max(1, available_cores() // max(1, processes_per_machine))
@@ -180,15 +186,14 @@ def _mismatch(requested: str, wanted: str, effective: str) -> str:
 class ThreadTuner:
     """Runs a phase of every epoch with the torch thread count that is fastest for it now.
 
-    Which count is fastest depends on the work and on what else runs on the machine, and that
-    changes during a run. On a shared 2-core machine, 1 thread trained 1.3-2x faster than 2
-    while two other processes ran, and 2 threads 1.5-1.8x faster once a third one started (CFS
-    shares the CPU per thread, while each parallel region waits for its slowest thread); and
-    with the 128-wide LSTM, rollouts (batches of 4096) ran faster on 2 threads while the
-    learner's hundreds of small per-step kernels ran faster on 1. So with
-    ``train.torch_threads = 0`` (on the CPU, not ``train.deterministic``: results depend on the
-    thread count in the last bits) the Collector keeps one tuner for rollouts and one for the
-    rest of the epoch (the update): :meth:`begin` sets the phase's count, :meth:`end` times it.
+    Why measure rather than fix a count: which count is fastest depends on the work (a rollout's
+    large batches gain from a second thread where the learner's many small LSTM kernels lose to
+    the synchronization) and on what else runs on the machine (each parallel region waits for
+    its slowest thread, and the scheduler shares the CPU per thread), and that changes during a
+    run. docs/cli.md has the measurements. So with ``train.torch_threads = 0`` (on the CPU, not
+    ``train.deterministic``: results depend on the thread count in the last bits) the trainer
+    keeps one tuner per phase (:func:`phase_threads`): :meth:`begin` sets the phase's count,
+    :meth:`end` times it.
 
     After a warm-up (the first time is not counted) each candidate runs once; then the tuner
     keeps the fastest (median of each count's last 3 times) and tries the runner-up once after
@@ -279,3 +284,89 @@ class ThreadTuner:
             others = sorted((n for n in self.candidates if n != best), key=medians.__getitem__)
             return others[0]
         return best
+
+
+# ---- the trainer's edge: configure once, then one tuner per phase ----
+
+
+def configure_threads(
+    torch_threads: int, omp_wait_policy: str = "auto", processes_per_machine: int = 1
+) -> dict[str, Any]:
+    """Set torch's intra-op threads (:func:`choose_torch_threads`) and one inter-op thread, and
+    report the OpenMP wait policy torch was loaded with, warning when it is not the one asked.
+
+    Returns the metrics' ``torch_threads``, ``torch_threads_rollout``, ``omp_wait_policy``
+    (passive, active, default = libgomp's spin-then-sleep, with "?" appended when it could not
+    be verified) and ``threads_tuned`` (False until :func:`phase_threads` tunes them).
+    """
+    import torch
+
+    threads = choose_torch_threads(torch_threads, processes_per_machine)
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):
+        # Allowed once per process, before inter-op work starts; later calls keep the first value.
+        torch.set_num_interop_threads(1)
+    try:
+        status = wait_policy_status(omp_wait_policy)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if omp_wait_policy != "auto" and status.note:
+        print(f"warning: train.omp_wait_policy: {status.note}", file=sys.stderr, flush=True)
+    return {
+        "torch_threads": threads,
+        "torch_threads_rollout": threads,
+        "omp_wait_policy": status.effective + ("" if status.verified else "?"),
+        "threads_tuned": False,
+    }
+
+
+class PhaseThreads:
+    """The phase hook the training loop calls around each phase of an epoch:
+    ``with hook.phase("rollout"): ...``. This base class keeps the threads fixed. `info` holds
+    the metrics' thread keys (:func:`configure_threads`)."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        yield
+
+
+class TunedPhaseThreads(PhaseThreads):
+    """Runs each phase with its own :class:`ThreadTuner` choosing between the automatic count
+    and 1 thread; the tuners keep `info`'s counts up to date (``torch_threads_rollout`` for
+    "rollout", ``torch_threads`` for "update")."""
+
+    KEYS = {"rollout": "torch_threads_rollout", "update": "torch_threads"}
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        import torch
+
+        super().__init__(info)
+        info["threads_tuned"] = True
+        candidates = [info["torch_threads"], 1]
+        self.tuners = {
+            name: ThreadTuner(candidates, torch.set_num_threads, info, key=key)
+            for name, key in self.KEYS.items()
+        }
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        tuner = self.tuners[name]
+        tuner.begin()
+        try:
+            yield
+        finally:
+            tuner.end()
+
+
+def phase_threads(train_cfg: Any, device_type: str, info: dict[str, Any]) -> PhaseThreads:
+    """The loop's phase hook for the threads `info` reports (:func:`configure_threads`): tuned
+    per phase only with train.torch_threads = 0, on the CPU, with at least 2 threads, not
+    train.deterministic and not train.compile (compiled code is specialized to the thread count,
+    so every switch would recompile); else fixed."""
+    fixed = train_cfg.torch_threads != 0 or train_cfg.deterministic or train_cfg.compile
+    if fixed or device_type != "cpu" or info["torch_threads"] < 2:
+        return PhaseThreads(info)
+    return TunedPhaseThreads(info)
