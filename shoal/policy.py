@@ -283,7 +283,8 @@ class Policy(nn.Module):
             h, c = self._cell(x, *state)
             state = (h, c)
             x = h
-        return self.actor(x), self.critic(x).squeeze(-1), state
+        logits, value = self._heads(x)
+        return logits, value, state
 
     def forward_sequence(
         self,
@@ -305,11 +306,27 @@ class Policy(nn.Module):
         if self.use_lstm:
             x = self._lstm_sequence(x.view(batch, horizon, -1), starts, state)
             x = x.reshape(batch * horizon, -1)
-        logits = self.actor(x).view(batch, horizon, -1)
-        values = self.critic(x).view(batch, horizon)
+        logits, values = self._heads(x)
+        logits, values = logits.view(batch, horizon, -1), values.view(batch, horizon)
         if features:
             return logits, values, x.view(batch, horizon, -1)
         return logits, values
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actor output, value) of features ``x [N, hidden]``, in float32 also under autocast.
+
+        Why: with gamma near 1 values reach ~100, where bfloat16's spacing (0.25-0.5) is as
+        large as a clipped reward, and the stored values feed the advantages, the value loss and
+        the truncation bootstrap; the log-probabilities of the actor's output enter the PPO
+        ratio. The heads are one small matmul each, so float32 costs little; the encoder and
+        the LSTM keep running under autocast.
+        """
+        device_type = x.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return self.actor(x), self.critic(x).squeeze(-1)
+        with torch.autocast(device_type, enabled=False):
+            x = x.float()
+            return self.actor(x), self.critic(x).squeeze(-1)
 
     def _lstm_sequence(
         self, x: torch.Tensor, starts: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import shoal
 from shoal.core.config import load_config
@@ -75,6 +76,34 @@ def test_graphed_step_equals_eager_and_follows_weight_updates(precision):
             optimizer.zero_grad()
             policy.step(obs, state)[1].float().pow(2).mean().backward()
             optimizer.step()
+    finally:
+        env.close()
+
+
+def test_graphed_bfloat16_step_keeps_the_heads_in_float32():
+    # Values near 100, where bfloat16's spacing is 0.5, and logits a few units apart: the graphed
+    # step's values and log-probabilities must be the float32 heads' on the features (the new
+    # LSTM state), not bfloat16's.
+    env = shoal.make("breakout", num_envs=64, seed=0)
+    try:
+        policy = lstm_policy(env).to(CUDA)
+        with torch.no_grad():
+            policy.critic.bias.fill_(100.0)
+            torch.nn.init.orthogonal_(policy.actor.weight, 5.0)
+
+        def autocast(cache_enabled=True):
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
+
+        graphed = GraphedAct(eager_act(policy, autocast))
+        obs = torch.from_numpy(env.reset()[0]).to(CUDA)
+        state = (torch.randn(64, 32, device=CUDA), torch.randn(64, 32, device=CUDA))
+        with torch.inference_mode():
+            actions, log_prob, value, (h, _) = graphed(obs, state)
+            expected_value = F.linear(h, policy.critic.weight, policy.critic.bias).squeeze(-1)
+            log_p = torch.log_softmax(F.linear(h, policy.actor.weight, policy.actor.bias), -1)
+        assert value.dtype == log_prob.dtype == torch.float32
+        torch.testing.assert_close(value, expected_value, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(log_prob, log_p.gather(-1, actions).squeeze(-1), rtol=1e-5, atol=1e-4)
     finally:
         env.close()
 

@@ -1,13 +1,18 @@
-"""Policy: LSTM training path vs rollout path, resets, spaces, distributions, the auxiliary head."""
+"""Policy: LSTM training path vs rollout path, resets, spaces, distributions, the auxiliary head,
+float32 heads under bfloat16 autocast."""
+
+import functools
 
 import gymnasium
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from shoal.core.config import PolicyConfig
 from shoal.policy import Policy, evaluate_actions, make_policy, sample_actions
+from shoal.train.rollout import Collector, RolloutBuffer
 
 BOX = gymnasium.spaces.Box(-1.0, 1.0, (5,), np.float32)
 
@@ -264,3 +269,114 @@ def test_compiled_policy_equals_eager():
         eager_features = policy.forward_sequence(obs, starts, state, features=True)[2]
         compiled_features = compiled_forward(obs, starts, state, features=True)[2]
     torch.testing.assert_close(compiled_features, eager_features, rtol=1e-5, atol=1e-6)
+
+
+# ---- float32 heads under bfloat16 autocast (train.precision = bfloat16) ----
+
+CPU = torch.device("cpu")
+BF16 = functools.partial(torch.autocast, device_type="cpu", dtype=torch.bfloat16)
+
+
+def large_head_policy(lstm: bool) -> Policy:
+    """Values near 100, where bfloat16's spacing is 0.5, and logits a few units apart: bfloat16
+    rounding of either is far above float32's."""
+    policy = make(lstm=lstm)
+    with torch.no_grad():
+        policy.critic.bias.fill_(100.0)
+        nn.init.orthogonal_(policy.actor.weight, 5.0)
+    return policy
+
+
+def record_features(policy: Policy) -> list[torch.Tensor]:
+    """The features each call of the heads reads (the actor and the critic read the same)."""
+    seen = []
+    policy.critic.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    return seen
+
+
+def float32_head(layer: nn.Linear, features: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        return F.linear(features.float(), layer.weight, layer.bias)
+
+
+def assert_float32_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    # float32 rounding only: bfloat16 rounding would be 0.1-0.25 at 100, 1e-2 on a log-prob.
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-5)
+
+
+class TruncatingEnv:
+    """Three agents; agent 0's episode is truncated at step 2, with a known final observation."""
+
+    num_agents = 3
+    single_observation_space = BOX
+    single_action_space = gymnasium.spaces.Discrete(3)
+
+    def __init__(self) -> None:
+        self.t = 0
+        self.final_observations = np.zeros((3, 5), np.float32)
+
+    def obs(self) -> np.ndarray:
+        return np.sin(np.arange(15, dtype=np.float32) + self.t).reshape(3, 5)
+
+    def step(self, actions):
+        self.t += 1
+        truncations = np.array([self.t == 3, False, False])
+        if truncations[0]:
+            self.final_observations[0] = 0.5
+        return self.obs(), np.ones(3, np.float32), np.zeros(3, bool), truncations, []
+
+
+@pytest.mark.parametrize("lstm", [False, True])
+def test_rollout_stores_float32_head_outputs_under_bfloat16(lstm):
+    # The stored values, log-probabilities, truncation bootstrap and next value are the float32
+    # heads' outputs on the features the policy computed under autocast.
+    policy = large_head_policy(lstm)
+    seen = record_features(policy)
+    env = TruncatingEnv()
+    buf = RolloutBuffer(3, 4, 4, 5, np.float32, 1, False, 16, CPU)
+    Collector(env, policy, buf, CPU, gamma=0.9, autocast=BF16).collect(env.obs())
+    calls = iter(seen)
+    for t in range(4):
+        features = next(calls)
+        assert_float32_close(buf.values[:, t], float32_head(policy.critic, features).squeeze(-1))
+        log_p = torch.log_softmax(float32_head(policy.actor, features), dim=-1)
+        assert_float32_close(buf.log_probs[:, t], log_p.gather(-1, buf.actions[:, t]).squeeze(-1))
+        if t == 2:
+            final_value = float32_head(policy.critic, next(calls)).squeeze(-1)
+            assert_float32_close(buf.rewards[0, t], 1.0 + 0.9 * final_value[0])
+    assert_float32_close(buf.next_value, float32_head(policy.critic, next(calls)).squeeze(-1))
+
+
+@pytest.mark.parametrize("lstm", [False, True])
+def test_training_forward_heads_are_float32_under_bfloat16(lstm):
+    policy = large_head_policy(lstm)
+    seen = record_features(policy)
+    obs = torch.randn(3, 6, 5)
+    starts = (torch.rand(3, 6) < 0.3).float()
+    state = (torch.randn(3, 16), torch.randn(3, 16)) if lstm else None
+    with BF16():
+        logits, values = policy.forward_sequence(obs, starts, state)
+    assert_float32_close(values, float32_head(policy.critic, seen[0]).view(3, 6))
+    assert_float32_close(logits, float32_head(policy.actor, seen[0]).view(3, 6, 3))
+    # The encoder still learns through the float32 heads.
+    (values.sum() + logits.square().sum()).backward()
+    assert policy.encoder.input.weight.grad.abs().sum() > 0
+
+
+def test_compiled_policy_heads_are_float32_under_bfloat16():
+    # train.compile with train.precision = bfloat16: the compiled graphs keep the heads in float32.
+    policy = large_head_policy(lstm=True)
+    obs = torch.randn(3, 4, 5)
+    starts = torch.zeros(3, 4)
+    state = (torch.randn(3, 16), torch.randn(3, 16))
+    compiled_forward = torch.compile(policy.forward_sequence, fullgraph=True)
+    compiled_step = torch.compile(policy.step, fullgraph=True)
+    with torch.no_grad(), BF16():
+        logits, values, features = compiled_forward(obs, starts, state, features=True)
+        step_logits, step_value, (h, _) = compiled_step(obs[:, 0], state)
+    assert_float32_close(values, float32_head(policy.critic, features).squeeze(-1))
+    assert_float32_close(logits, float32_head(policy.actor, features))
+    # With an LSTM the step's features are its new hidden state.
+    assert_float32_close(step_value, float32_head(policy.critic, h).squeeze(-1))
+    assert_float32_close(step_logits, float32_head(policy.actor, h))

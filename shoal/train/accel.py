@@ -14,7 +14,10 @@ from shoal.core.config import TrainConfig
 
 
 def autocast_for(precision: str, device: torch.device) -> Callable[..., Any] | None:
-    """A factory of autocast contexts for a resolved train.precision, or None for float32."""
+    """A factory of autocast contexts for a resolved train.precision, or None for float32.
+
+    The policy's heads leave autocast inside it (see Policy._heads): values and log-probabilities
+    are float32 in every path, compiled and CUDA-graphed ones included."""
     if precision != "bfloat16":
         return None
     return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)

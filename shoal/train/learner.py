@@ -2,7 +2,7 @@
 
 Read :meth:`Learner.learn` top to bottom: the advantage estimator (shoal.train.advantage) reads
 the rollout; then for each update epoch and each minibatch the segments are chosen (a random
-permutation, or prioritized by advantage), their advantages weighted and normalized, the loss
+permutation, or prioritized by advantage), their advantages normalized and weighted, the loss
 computed chunk by chunk with gradients accumulated, and one optimizer step taken (gradient sync
 across processes, clipping, learning-rate schedule). The loss statistics are averaged over the
 minibatches.
@@ -205,10 +205,12 @@ class Learner:
         steps whose gradients add up to the whole minibatch's; adds its statistics to `totals`."""
         cfg, per, size = self.cfg, self.segments_per_minibatch, self.segments_per_chunk
         adv = _take(seg.advantages, idx)
-        if weights is not None:
-            adv = adv * weights.unsqueeze(1)
         if cfg.norm_adv:
             adv = normalize_advantages(adv, all_sum=self.all_sum)
+        if weights is not None:
+            # After normalization, which would otherwise re-centre and rescale the correction
+            # for sampling segments by priority.
+            adv = adv * weights.unsqueeze(1)
         self.opt.set_lr_factor(
             lr_factor(self.progress(), cfg.lr_schedule, cfg.warmup_fraction, cfg.min_lr_ratio)
         )
