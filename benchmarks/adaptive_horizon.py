@@ -4,7 +4,7 @@
     python benchmarks/adaptive_horizon.py --envs memory --seeds 2 --breakout-steps 2000000
 
 Variants per env:
-- ``gae``: the env's own config (configs/<env>.toml), tuned for GAE;
+- ``gae``: the env's own config (shoal/configs/<env>.toml), tuned for GAE;
 - ``gae_geo``: GAE with the adaptive variants' rollout geometry (below), which separates the
   effect of the advantage from that of the geometry;
 - ``ah64`` / ``ah256``: the same config with ``train.advantage = "adaptive_horizon"`` (the

@@ -5,7 +5,7 @@
 #
 # 1. Breakout training steps/s with the 128-wide LSTM policy (bfloat16, inference step from a
 #    CUDA graph: train.cuda_graph) at 1024, 4096 and 8192 envs, then at 8192 envs: float32, no
-#    CUDA graph, a larger minibatch, the MLP policy of configs/breakout.toml, and compiled (the
+#    CUDA graph, a larger minibatch, the MLP policy of shoal/configs/breakout.toml, and compiled (the
 #    training forward and backward in CUDA graphs too: train.compile_mode = reduce-overhead).
 # 2. The CUDA tests (tests/test_cuda.py: graphed step = eager, pinned copies = CPU rollout,
 #    compiled = eager, training and resume on the GPU).

@@ -6,7 +6,7 @@
     python benchmarks/learning.py breakout --seeds 1 --minutes 1 -- --train.total-steps 5000000
     python benchmarks/learning.py breakout --out benchmarks/results/processes2 -- --train.processes 2
 
-Each run trains with configs/<env>.toml (plus any config flags after `--`), then the script
+Each run trains with shoal/configs/<env>.toml (plus any config flags after `--`), then the script
 prints and saves (in --out) a JSON summary and PNG curves of score against agent steps and
 against wall time, every seed and (with several) their min-max band.
 
@@ -18,7 +18,7 @@ reads the time to a mean score of 700 off the curve.
 For CartPole the reference is measured in the same run: Stable-Baselines3 PPO with the RL Zoo's
 tuned CartPole-v1 hyperparameters (SB3_CARTPOLE) on Gymnasium's CartPole-v1, 8 envs in a
 DummyVecEnv. Per seed ours runs first and SB3 right after it, so machine noise hits both; both
-use the same number of torch threads (ours' train.torch_threads, 1 in configs/cartpole.toml).
+use the same number of torch threads (ours' train.torch_threads, 1 in shoal/configs/cartpole.toml).
 It needs the optional extra `pip install -e ".[bench]"` (stable-baselines3); without it the
 script says so and runs ours only (`--reference none` skips it on purpose).
 

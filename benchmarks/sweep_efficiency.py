@@ -11,6 +11,8 @@ and larger is better.
     python benchmarks/sweep_efficiency.py            # 10 seeds, 100 trials (slow: GP fits)
     python benchmarks/sweep_efficiency.py --quick    # 3 seeds
     python benchmarks/sweep_efficiency.py --jobs 16  # seeds in parallel processes
+    python benchmarks/sweep_efficiency.py --samplers pareto,pareto-independent
+        # curve points weighted per run (the default) vs counted as independent results
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shoal.sweep.pareto import hypervolume_2d  # noqa: E402
-from shoal.sweep.sampler import SAMPLERS, make_sampler  # noqa: E402
+from shoal.sweep.sampler import SAMPLERS, ParetoSampler, make_sampler  # noqa: E402
 from shoal.sweep.space import SearchSpace  # noqa: E402
 from shoal.sweep.synthetic import PROBLEMS, Problem  # noqa: E402
 
@@ -44,17 +46,22 @@ def normalized_hypervolume(problem: Problem, trials: list[optuna.trial.FrozenTri
     return hypervolume_2d(costs, scores, ref_cost=1.0, ref_score=0.0)
 
 
-def run(problem_name: str, sampler_name: str, seed: int, checkpoints: list[int]) -> list[float]:
+def run(
+    problem_name: str, sampler_name: str, seed: int, checkpoints: list[int], run_noise: float = 0.0
+) -> list[float]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     problem = PROBLEMS[problem_name]
     space = SearchSpace.from_dict(problem.space)
-    sampler = make_sampler(sampler_name, space, seed=seed)
+    if sampler_name == "pareto-independent":
+        sampler = ParetoSampler(space, seed=seed, curve_weighting="independent")
+    else:
+        sampler = make_sampler(sampler_name, space, seed=seed)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     rng = np.random.default_rng(seed)
     out = []
     for n in range(1, max(checkpoints) + 1):
         trial = study.ask(fixed_distributions=space.distributions())
-        curve = problem.curve(trial.params, rng)
+        curve = problem.curve(trial.params, rng, run_noise=run_noise)
         trial.set_user_attr("curve", [list(p) for p in curve])
         study.tell(trial, [curve[-1][2], curve[-1][0]])
         if n in checkpoints:
@@ -68,9 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="3 seeds instead of 10")
     parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument(
+        "--samplers",
+        default=",".join(SAMPLERS),
+        help=f"comma-separated, of {', '.join(SAMPLERS)}, pareto-independent",
+    )
     parser.add_argument("--problems", default=",".join(PROBLEMS))
     parser.add_argument("--trials", default="50,100", help="checkpoints (trial counts)")
+    parser.add_argument(
+        "--run-noise",
+        type=float,
+        default=0.0,
+        help="std of a per-run score offset shared by its curve points (correlated curves)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument("--out", default=None, help="write the raw results as JSON here")
     args = parser.parse_args(argv)
@@ -78,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or (3 if args.quick else 10)
     checkpoints = [int(n) for n in args.trials.split(",")]
     results: dict[str, dict[str, list[list[float]]]] = {}
-    print(f"seeds={seeds} checkpoints={checkpoints} (median normalized hypervolume, higher is better)")
+    print(
+        f"seeds={seeds} checkpoints={checkpoints} run_noise={args.run_noise:g} "
+        "(median normalized hypervolume, higher is better)"
+    )
     header = f"{'problem':10s} {'sampler':8s} " + " ".join(f"{'HV@' + str(n):>8s}" for n in checkpoints)
     print(header + f" {'seconds':>8s}")
     problems = args.problems.split(",")
@@ -89,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             results[problem_name] = {}
             for sampler_name in samplers:
                 start = time.perf_counter()
-                jobs = [(problem_name, sampler_name, seed, checkpoints) for seed in range(seeds)]
+                jobs = [
+                    (problem_name, sampler_name, seed, checkpoints, args.run_noise) for seed in range(seeds)
+                ]
                 runs = pool.starmap(run, jobs) if pool is not None else [run(*job) for job in jobs]
                 results[problem_name][sampler_name] = runs
                 medians = np.median(np.array(runs), axis=0)

@@ -14,7 +14,7 @@
         --precisions bfloat16 --minibatch-size 65536 -- --train.device cuda            # on a GPU
 
 Settings:
-  default   configs/breakout.toml as it is (MLP, bfloat16, 1024 envs, batch 65536, 4 update epochs)
+  default   shoal/configs/breakout.toml as it is (MLP, bfloat16, 1024 envs, batch 65536, 4 update epochs)
   lstm128   the 128-wide LSTM policy: policy.lstm, hidden 128, 4096 envs, batch 262144,
             minibatch 32768, 1 update epoch, for each of --precisions (and of --num-envs)
   custom    breakout with each (--precisions x --batch-sizes), minibatch --minibatch-size or

@@ -75,8 +75,8 @@ def add_train_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     train = commands.add_parser(
         "train",
         help="train an agent",
-        description="Train an agent with PPO. The config is built from configs/default.toml, then "
-        "configs/ENV.toml, then --config FILE, then the config flags.",
+        description="Train an agent with PPO. The config is built from shoal/configs/default.toml, then "
+        "shoal/configs/ENV.toml, then --config FILE, then the config flags.",
         epilog=FLAGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
@@ -174,11 +174,31 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, dotted) or 0)
     except (ConfigError, UsageError) as e:
         return fail(args.command, str(e))
+    except OSError as e:
+        # A file or folder the command was pointed at cannot be read or written (a path that is a
+        # folder or under a file, no permission, a full disk): the user's to fix, so one line.
+        if os.environ.get("SHOAL_TRACEBACK"):
+            raise
+        return fail(args.command, f"{describe_os_error(e)} (set SHOAL_TRACEBACK=1 for the traceback)")
     except KeyboardInterrupt:
         # In a multi-process run every rank is interrupted; one line is enough.
         if os.environ.get("RANK", "0") == "0":
             print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def describe_os_error(e: OSError) -> str:
+    """'cannot use PATH: REASON' from an OSError (both paths when a rename failed)."""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    reason = e.strerror or str(e)
+    return f"cannot use {paths}: {reason}" if paths else reason
+
+
+def output_file(flag: str, path: str) -> str:
+    """Fail before any work when an output file names a folder (the write would fail at the end)."""
+    if Path(path).is_dir():
+        raise UsageError(f"{flag}: {path} is a folder; give a file name in it (e.g. {Path(path) / 'out'})")
+    return path
 
 
 def exit_status(e: SystemExit) -> int:
@@ -211,6 +231,16 @@ def run_passthrough(command: str, argv: list[str]) -> int:
         return int(function(argv) or 0)
     except SystemExit as e:
         return exit_status(e)
+    except Exception as e:
+        # A sweep storage that cannot be reached, or a path that cannot be read or written, is
+        # the user's to fix: one line, exit 2. The command's module has loaded the sweep code
+        # already, so this import costs nothing.
+        from shoal.sweep.storage import StorageError
+
+        if os.environ.get("SHOAL_TRACEBACK") or not isinstance(e, (StorageError, OSError)):
+            raise
+        message = describe_os_error(e) if isinstance(e, OSError) else str(e)
+        return fail(command, message)
     except KeyboardInterrupt:
         print(f"\n{PROG} {command}: interrupted", file=sys.stderr)
         return 130
@@ -254,6 +284,8 @@ def resume_config(run_dir: str, env: str | None, overrides: list[str]) -> Any:
 
     folder = Path(run_dir)
     config_path = folder / "config.json"
+    if not folder.is_dir():
+        raise UsageError(f"--resume expects a run folder made by 'shoal train'; {folder} is not a folder")
     if not config_path.is_file():
         raise UsageError(f"--resume expects a run folder made by 'shoal train'; {config_path} does not exist")
     if not (folder / "checkpoint.pt").is_file():
@@ -362,12 +394,19 @@ def print_train_summary(cfg: Any, result: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.gif:
+        output_file("--gif", args.gif)
     agent, cfg = load_eval_agent(args, overrides)
     from shoal.envs.registry import make
     from shoal.render import GifWriter, TerminalPlayer
 
     with env_errors_as_usage():
         env = make(args.env, num_envs=1, seed=args.seed, num_threads=1, **cfg.env.options)
+    try:
+        check_agent_fits(agent, env, args.env)
+    except UsageError:
+        env.close()
+        raise
     gif = GifWriter() if args.gif else None
     player = None
     if not args.gif and not args.no_render and sys.stdout.isatty():
@@ -379,6 +418,26 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         if player is not None:
             player.close()
     return report_eval(args, gif, scores, returns)
+
+
+def check_agent_fits(agent: Agent, env: VecEnv, name: str) -> None:
+    """The agent's observation and action spaces must be the env's (a checkpoint of another env
+    would otherwise fail deep inside the policy)."""
+    obs, act = env.single_observation_space, env.single_action_space
+    if agent.observation_space.shape != obs.shape or space_layout(agent.action_space) != space_layout(act):
+        raise UsageError(
+            f"the checkpoint's agent (trained on '{agent.config.env.name}': observations "
+            f"{agent.observation_space.shape}, actions {agent.action_space}) cannot play '{name}' "
+            f"(observations {obs.shape}, actions {act})"
+        )
+
+
+def space_layout(space: Any) -> tuple[str, tuple[int, ...], str]:
+    """What a policy's output depends on: the space's kind, shape and sizes (not Box bounds)."""
+    import numpy as np
+
+    sizes = getattr(space, "nvec", getattr(space, "n", None))
+    return type(space).__name__, tuple(space.shape or ()), str(np.asarray(sizes).tolist())
 
 
 def load_eval_agent(args: argparse.Namespace, overrides: list[str]) -> tuple[Agent, Config]:
@@ -529,6 +588,7 @@ def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
     if not args.output:
         sys.stdout.write(text)
         return 0
+    output_file("--output", args.output)
     from shoal.core.fileio import write_text_atomic
 
     out = write_text_atomic(args.output, text)

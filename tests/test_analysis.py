@@ -400,7 +400,7 @@ def test_analyze_vs_other_sweep_with_and_without_reproductions(
 
 
 def test_analyze_missing_and_empty_sweeps(sweeps: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert analyze_main(["nope"]) == 1
+    assert analyze_main(["nope"]) == 2
     out = capsys.readouterr().out
     assert "no sweep named 'nope'" in out and "small" in out
     make_sweep(sweeps, "empty", [], failed=2, running=1)
@@ -536,16 +536,16 @@ def test_reproduce_in_worker_processes(sweeps: Path, capsys: pytest.CaptureFixtu
 
 
 def test_reproduce_errors(sweeps: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert reproduce_main(["missing", "--top", "1", "--seeds", "1"], train_fn=fake_train) == 1
+    assert reproduce_main(["missing", "--top", "1", "--seeds", "1"], train_fn=fake_train) == 2
     assert "no sweep named 'missing'" in capsys.readouterr().out
     assert (
-        reproduce_main(["small", "--top", "1", "--seeds", "1", "--max-cost", "1"], train_fn=fake_train) == 1
+        reproduce_main(["small", "--top", "1", "--seeds", "1", "--max-cost", "1"], train_fn=fake_train) == 2
     )
     assert "under 1 s" in capsys.readouterr().out
-    assert reproduce_main(["small", "--top", "0", "--seeds", "1"], train_fn=fake_train) == 1
+    assert reproduce_main(["small", "--top", "0", "--seeds", "1"], train_fn=fake_train) == 2
     assert "nothing to reproduce" in capsys.readouterr().out
     assert reproduce_main(["small", "--seeds", "0"], train_fn=fake_train) == 2
-    assert reproduce_main(["small", "--top", "1", "--train-fn", "shoal.core.config:no_such_function"]) == 1
+    assert reproduce_main(["small", "--top", "1", "--train-fn", "shoal.core.config:no_such_function"]) == 2
     assert "has no function 'no_such_function'" in capsys.readouterr().out
 
 
@@ -593,10 +593,10 @@ def test_compare_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_compare_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert compare_main([str(tmp_path / "nope")]) == 1
+    assert compare_main([str(tmp_path / "nope")]) == 2
     assert "run folder not found" in capsys.readouterr().out
     run = write_run(tmp_path / "r", speed=10, final=1)
-    assert compare_main([str(run), "--metric", "no_such_key", "--out", str(tmp_path / "o")]) == 1
+    assert compare_main([str(run), "--metric", "no_such_key", "--out", str(tmp_path / "o")]) == 2
     assert "available: agent_steps" in capsys.readouterr().out
 
 

@@ -18,7 +18,7 @@ from shoal.core.config import load_config, split_config_flags
 ROOT = Path(__file__).resolve().parent.parent
 
 # Small enough to train in a few seconds on one shared core; the run's size flags are
-# explicit so the test does not depend on how configs/cartpole.toml is tuned.
+# explicit so the test does not depend on how shoal/configs/cartpole.toml is tuned.
 SMALL = [
     "--env.num-envs", "16",
     "--env.num-threads", "1",

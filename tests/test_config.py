@@ -79,11 +79,47 @@ def test_each_layer_overrides_the_one_below(layered: Path, tmp_path: Path) -> No
     assert cfg.train.seed == 7
 
 
-def test_env_without_its_own_file_gets_the_defaults(layered: Path) -> None:
-    cfg = load_config("breakout", config_dir=layered)
-    assert cfg.env.name == "breakout"
-    assert cfg.env.num_envs == 64
-    assert cfg.env.options == {}
+def test_an_emulated_env_without_its_own_file_gets_the_defaults(layered: Path) -> None:
+    """gym:/pettingzoo: envs and names only a custom sweep --train-fn reads may have no recipe."""
+    for name in ("gym:Acrobot-v1", "pettingzoo:butterfly.pistonball_v6", "synthetic"):
+        cfg = load_config(name, config_dir=layered)
+        assert cfg.env.name == name
+        assert (cfg.env.num_envs, cfg.train.learning_rate, cfg.env.options) == (64, 1e-3, {})
+
+
+def test_a_native_game_without_its_recipe_is_an_error(layered: Path) -> None:
+    """Every native game ships a recipe: a missing one is a broken install, not the defaults."""
+    with pytest.raises(ConfigError, match="recipe of native env 'breakout' is missing: no .*breakout.toml"):
+        load_config("breakout", config_dir=layered)
+    (layered / "default.toml").unlink()
+    with pytest.raises(ConfigError, match="recipes are missing: no .*default.toml"):
+        load_config("cartpole", config_dir=layered)
+    with pytest.raises(ConfigError, match="recipes are missing"):
+        load_config(config_dir=layered)
+    assert load_config("breakout", config_dir=None).env.num_envs == 64  # None: no recipes asked for
+
+
+def test_every_native_game_has_a_shipped_recipe_inside_the_package() -> None:
+    """The recipes are package data (shoal/configs), found the same way in a checkout and a wheel."""
+    import shoal
+    from shoal.core.config import NATIVE_GAMES
+    from shoal.envs.native import native_env_names
+
+    assert Path(shoal.__file__).resolve().parent / "configs" == CONFIG_DIR
+    assert sorted(NATIVE_GAMES) == sorted(native_env_names())
+    for name in NATIVE_GAMES:
+        assert (CONFIG_DIR / f"{name}.toml").is_file(), name
+    package_data = tomllib.loads((CONFIG_DIR.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "configs/*.toml" in package_data["package-data"]["shoal"]
+
+
+def test_a_config_file_that_is_a_folder_or_not_text_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(config_file=tmp_path, config_dir=None)
+    binary = tmp_path / "x.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(config_file=binary, config_dir=None)
 
 
 def test_gym_names_map_to_a_file_name(layered: Path) -> None:
@@ -109,7 +145,7 @@ def test_a_file_naming_another_env_than_the_command_is_an_error(layered: Path, t
 
 def test_unknown_flag_suggests_the_closest_key() -> None:
     with pytest.raises(ConfigError) as e:
-        load_config("cartpole", ["--train.learning-rat", "1e-3"], config_dir="/nonexistent")
+        load_config("cartpole", ["--train.learning-rat", "1e-3"], config_dir=None)
     message = str(e.value)
     assert "train.learning-rat" in message
     assert "did you mean 'train.learning_rate'" in message
@@ -133,7 +169,7 @@ def test_sub_keys_only_on_tables() -> None:
 def test_unknown_key_in_a_file_names_the_file(tmp_path: Path) -> None:
     file = write(tmp_path / "bad.toml", "[train]\nlearnin_rate = 0.1\n")
     with pytest.raises(ConfigError) as e:
-        load_config("cartpole", config_file=file, config_dir=tmp_path)
+        load_config("cartpole", config_file=file, config_dir=None)
     assert "bad.toml" in str(e.value)
     assert "train.learning_rate" in str(e.value)
 
@@ -141,14 +177,14 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path: Path) -> None:
 def test_unknown_section_in_a_file(tmp_path: Path) -> None:
     file = write(tmp_path / "bad.toml", "[trainer]\nseed = 1\n")
     with pytest.raises(ConfigError, match="unknown config section 'trainer'.*did you mean 'train'"):
-        load_config(config_file=file, config_dir=tmp_path)
+        load_config(config_file=file, config_dir=None)
 
 
 def test_invalid_toml_and_missing_files_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(config_file=write(tmp_path / "broken.toml", "[train\n"), config_dir=tmp_path)
+        load_config(config_file=write(tmp_path / "broken.toml", "[train\n"), config_dir=None)
     with pytest.raises(ConfigError, match="config file not found"):
-        load_config(config_file=tmp_path / "missing.toml", config_dir=tmp_path)
+        load_config(config_file=tmp_path / "missing.toml", config_dir=None)
 
 
 @pytest.mark.parametrize(
@@ -171,10 +207,10 @@ def test_wrong_types_name_the_key_and_the_value(flag: str, value: object, expect
 def test_toml_values_of_the_wrong_type(tmp_path: Path) -> None:
     file = write(tmp_path / "bad.toml", "[train]\ntotal_steps = true\n")
     with pytest.raises(ConfigError, match="train.total_steps must be an integer, got True.*bad.toml"):
-        load_config(config_file=file, config_dir=tmp_path)
+        load_config(config_file=file, config_dir=None)
     file = write(tmp_path / "bad2.toml", "[train]\nlearning_rate = '3e-4'\n")
     # Strings that spell numbers are accepted (they are what the command line gives).
-    assert load_config(config_file=file, config_dir=tmp_path).train.learning_rate == 3e-4
+    assert load_config(config_file=file, config_dir=None).train.learning_rate == 3e-4
 
 
 def test_value_conversions() -> None:
@@ -214,7 +250,7 @@ def test_literal_choices() -> None:
     with pytest.raises(ConfigError, match="did you mean 'adam'"):
         set_key(cfg, "train.optimizer", "adm")
     with pytest.raises(ConfigError, match="train.precision must be one of"):
-        load_config(overrides=["--train.precision", "float16"], config_dir="/nonexistent")
+        load_config(overrides=["--train.precision", "float16"], config_dir=None)
 
 
 def test_dotted_env_options(layered: Path) -> None:
@@ -255,7 +291,7 @@ low = 32
 high = 512
 """,
     )
-    cfg = load_config("cartpole", config_file=file, config_dir=tmp_path)
+    cfg = load_config("cartpole", config_file=file, config_dir=None)
     assert cfg.sweep == {
         "train.learning_rate": {"distribution": "log", "low": 1e-4, "high": 1e-2},
         "train.ent_coef": {"distribution": "uniform", "low": 0.0, "high": 0.05},
@@ -266,7 +302,7 @@ high = 512
 def test_sweep_entries_need_a_distribution(tmp_path: Path) -> None:
     file = write(tmp_path / "sweep.toml", "[sweep.train]\nlearning_rate = 0.1\n")
     with pytest.raises(ConfigError, match="sweep entry 'train.learning_rate' must be a table"):
-        load_config(config_file=file, config_dir=tmp_path)
+        load_config(config_file=file, config_dir=None)
 
 
 def test_sweep_is_not_a_flag() -> None:
@@ -292,7 +328,7 @@ def test_toml_round_trip() -> None:
     cfg = load_config(
         "breakout",
         ["--env.options.frameskip", "2", "--train.target-score", "10", "--run.name", 'quote " and \\ slash'],
-        config_dir="/nonexistent",
+        config_dir=None,
     )
     cfg.sweep["train.learning_rate"] = {"distribution": "log", "low": 1e-4, "high": 1e-2}
     cfg.sweep["train.optimizer"] = {"distribution": "categorical", "choices": ["adam", "muon"]}
@@ -305,7 +341,7 @@ def test_toml_round_trip() -> None:
 
 
 def test_dict_round_trip_and_copy() -> None:
-    cfg = load_config("cartpole", ["--env.options.max-steps", "100"], config_dir="/nonexistent")
+    cfg = load_config("cartpole", ["--env.options.max-steps", "100"], config_dir=None)
     assert from_dict(cfg.to_dict()) == cfg
     clone = cfg.copy()
     clone.env.options["max_steps"] = 5

@@ -283,7 +283,7 @@ def test_postgres_storage_shared_by_two_sweep_processes(tmp_path, postgres_url):
 def test_load_config_accepts_sweep_tables_for_the_cli(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[sweep.policy.hidden_size]\ndistribution = 'pow2'\nmin = 32\nmax = 128\n")
-    cfg = load_config("synthetic", [], path, config_dir=tmp_path)
+    cfg = load_config("synthetic", [], path, config_dir=None)
     assert cfg.sweep == {"policy.hidden_size": {"distribution": "pow2", "min": 32, "max": 128}}
     assert PROBLEMS["ppo_like"].space["policy.hidden_size"]["distribution"] == "pow2"
 

@@ -169,6 +169,8 @@ def as_legacy_checkpoint(path):
     the adaptive horizon at the top level, the policy's auxiliary head named "horizon"."""
     data = torch.load(path, weights_only=True)
     del data["learner"]
+    # Nor did they record a format or version (format 1).
+    del data["format"], data["shoal_version"]
     data["model"] = {k.replace("aux_head.", "horizon.", 1): v for k, v in data["model"].items()}
     torch.save(data, path)
     return data

@@ -18,7 +18,7 @@ from rich.table import Table
 from shoal.analysis import stats
 from shoal.analysis.sweeps import SweepNotFoundError, load_sweep
 from shoal.core.checks import positive_arg
-from shoal.sweep.storage import SWEEP_DIR
+from shoal.sweep.storage import SWEEP_DIR, StorageError
 
 if TYPE_CHECKING:
     from shoal.analysis.analyze import SweepAnalysis
@@ -205,8 +205,8 @@ def analyze_main(argv: list[str]) -> int:
 
     console = _console()
     sweeps = _load_sweeps(console, args)
-    if sweeps is None:
-        return EXIT_ERROR
+    if isinstance(sweeps, int):
+        return sweeps
     analyses = [analyze_sweep(s, args.max_cost, args.min_score, args.top) for s in sweeps]
     between = compare_sweeps(analyses[0], analyses[1], args.top) if len(analyses) == 2 else None
     _print_fronts(console, analyses)
@@ -226,22 +226,25 @@ def analyze_main(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def _load_sweeps(console: Console, args: argparse.Namespace) -> list[Sweep] | None:
-    """The sweep and the --vs sweep, or None (with the reason printed) if one is missing or empty."""
+def _load_sweeps(console: Console, args: argparse.Namespace) -> list[Sweep] | int:
+    """The sweep and the --vs sweep, or the exit status (the reason printed): EXIT_USAGE for a
+    name or storage that cannot be read, EXIT_ERROR for a sweep with no completed trial yet."""
     try:
         sweeps = [load_sweep(args.name, args.storage, args.sweeps_dir)]
         if args.vs:
             sweeps.append(load_sweep(args.vs, args.vs_storage or args.storage, args.sweeps_dir))
     except SweepNotFoundError as e:
         _error(console, str(e))
-        return None
+        return EXIT_USAGE
+    except StorageError:
+        raise  # shoal.cli prints an unreachable storage as one line, exit 2
     except Exception as e:
         _storage_error(console, "sweeps", args.storage or f"{args.sweeps_dir}/*.journal", e)
-        return None
+        return EXIT_USAGE
     empty = [s for s in sweeps if s.empty]
     for sweep in empty:
         console.print(sweep.empty_message())
-    return None if empty else sweeps
+    return EXIT_ERROR if empty else sweeps
 
 
 def _print_fronts(console: Console, analyses: list[SweepAnalysis]) -> None:
@@ -304,8 +307,8 @@ def reproduce_main(argv: list[str], train_fn: Callable[..., Any] | None = None) 
 
     console = _console()
     planned = _plan_reproduction(console, args, train_fn)
-    if planned is None:
-        return EXIT_ERROR
+    if isinstance(planned, int):
+        return planned
     sweep, jobs, train_fn = planned
     sources = sorted({j.source_trial for j in jobs}, key=lambda s: (s < 0, s))
     console.print(
@@ -340,8 +343,9 @@ def reproduce_main(argv: list[str], train_fn: Callable[..., Any] | None = None) 
 
 def _plan_reproduction(
     console: Console, args: argparse.Namespace, train_fn: Callable[..., Any] | None
-) -> tuple[Sweep, list[Job], Callable[..., Any] | None] | None:
-    """(sweep, jobs, train function) of the re-runs asked for, or None with the reason printed."""
+) -> tuple[Sweep, list[Job], Callable[..., Any] | None] | int:
+    """(sweep, jobs, train function) of the re-runs asked for, or the exit status with the
+    reason printed (EXIT_USAGE for input that cannot be used, EXIT_ERROR for an empty sweep)."""
     from shoal.analysis.reproduce import plan_jobs
     from shoal.core.config import ConfigError
     from shoal.sweep.runner import resolve_train_fn
@@ -352,16 +356,18 @@ def _plan_reproduction(
         sweep = load_sweep(args.name, args.storage, args.sweeps_dir)
         if args.top > 0 and sweep.empty:
             console.print(sweep.empty_message())
-            return None
+            return EXIT_ERROR
         jobs = plan_jobs(sweep, args.top, args.seeds, args.max_cost, args.config)
     except (SweepNotFoundError, ValueError, FileNotFoundError, ConfigError) as e:
         _error(console, str(e))
-        return None
+        return EXIT_USAGE
+    except StorageError:
+        raise  # shoal.cli prints an unreachable storage as one line, exit 2
     except Exception as e:
         _storage_error(
             console, f"sweep '{args.name}'", args.storage or f"{args.sweeps_dir}/{args.name}.journal", e
         )
-        return None
+        return EXIT_USAGE
     return sweep, jobs, train_fn
 
 
@@ -392,7 +398,7 @@ def compare_main(argv: list[str]) -> int:
     console = _console()
     runs = _load_runs(console, args.runs, args.metric)
     if runs is None:
-        return EXIT_ERROR
+        return EXIT_USAGE
     console.print(_runs_table(runs, args.metric, args.min_score))
     out = Path(args.out)
     written = [
@@ -406,8 +412,8 @@ def compare_main(argv: list[str]) -> int:
 
 
 def _load_runs(console: Console, paths: list[str], metric: str) -> list[Run] | None:
-    """The runs, named uniquely, with their notes printed; None (reason printed) when a folder is
-    unreadable or no run has `metric`."""
+    """The runs, named uniquely, with their notes printed; None (reason printed, exit status
+    EXIT_USAGE) when a folder is unreadable or no run has `metric`."""
     from shoal.analysis.runs import RunError, load_run
 
     try:

@@ -1,8 +1,8 @@
 """One typed configuration for a whole run.
 
-It is built in three layers, each overriding the last:
-``configs/default.toml`` -> ``configs/<env>.toml`` (when it exists) -> dotted CLI flags
-(``--train.learning-rate 3e-4``). Dashes and underscores are interchangeable in keys.
+It is built in layers, each overriding the last: the recipes shipped in the package,
+``shoal/configs/default.toml`` -> ``shoal/configs/<env>.toml`` -> an explicit config file ->
+dotted CLI flags (``--train.learning-rate 3e-4``). Dashes and underscores are interchangeable in keys.
 Unknown keys and values of the wrong type are errors that name the key and suggest the
 closest valid one.
 """
@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The recipes are package data next to the code, so an editable checkout and an installed wheel
+# read the same files.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# The native games. Each ships a recipe, so a missing file for one of them is a broken install,
+# not a choice; other names (gym:, pettingzoo:, a name a custom sweep --train-fn reads) may have
+# none and then start from default.toml. tests/test_config.py checks this list against the C
+# extension's games (core cannot import the env layer).
+NATIVE_GAMES = ("cartpole", "breakout", "pong", "snake", "bandit", "memory")
 
 
 class ConfigError(ValueError):
@@ -30,7 +38,7 @@ class ConfigError(ValueError):
 @dataclass
 class EnvConfig:
     name: str = "breakout"
-    # Native envs set their own count in configs/<env>.toml; 64 suits Python (gym:) envs and
+    # Native envs set their own count in shoal/configs/<env>.toml; 64 suits Python (gym:) envs and
     # divides the default batch.
     num_envs: int = 64
     # "native": C envs stepped in-process; "serial"/"multiprocessing": shoal.vector backends.
@@ -452,7 +460,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a TOML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
 
@@ -488,19 +500,17 @@ def load_config(
     env_name: str | None = None,
     overrides: list[str] | None = None,
     config_file: str | Path | None = None,
-    config_dir: str | Path = CONFIG_DIR,
+    config_dir: str | Path | None = CONFIG_DIR,
 ) -> Config:
-    """default.toml -> <env>.toml -> an explicit config file -> CLI overrides."""
+    """default.toml -> <env>.toml -> an explicit config file -> CLI overrides.
+
+    `config_dir` None skips the recipes (plain defaults, then the file and flags). A folder must
+    hold default.toml, and a native game's recipe must be there (see NATIVE_GAMES).
+    """
     config = Config()
-    config_dir = Path(config_dir)
-    default = config_dir / "default.toml"
-    if default.exists():
-        merge_dict(config, load_toml(default), str(default))
+    if config_dir is not None:
+        _apply_recipes(config, env_name, Path(config_dir))
     if env_name is not None:
-        config.env.name = env_name
-        env_file = config_dir / f"{env_file_stem(env_name)}.toml"
-        if env_file.exists():
-            merge_dict(config, load_toml(env_file), str(env_file))
         config.env.name = env_name
     if config_file is not None:
         file_data = load_toml(config_file)
@@ -516,6 +526,23 @@ def load_config(
     for key, value in parse_overrides(overrides or []):
         set_key(config, key, value)
     return config
+
+
+def _apply_recipes(config: Config, env_name: str | None, config_dir: Path) -> None:
+    default = config_dir / "default.toml"
+    if not default.is_file():
+        raise ConfigError(f"Shoal's config recipes are missing: no {default} (reinstall Shoal)")
+    merge_dict(config, load_toml(default), str(default))
+    if env_name is None:
+        return
+    config.env.name = env_name
+    env_file = config_dir / f"{env_file_stem(env_name)}.toml"
+    if env_file.is_file():
+        merge_dict(config, load_toml(env_file), str(env_file))
+    elif env_name in NATIVE_GAMES:
+        raise ConfigError(
+            f"the recipe of native env '{env_name}' is missing: no {env_file} (reinstall Shoal)"
+        )
 
 
 def env_file_stem(env_name: str) -> str:

@@ -109,15 +109,25 @@ class SweepSettings:
         return self.max_failures if self.max_failures is not None else max(5, self.trials)
 
 
+def train_with_wait_policy(cfg: Config, on_epoch: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+    """shoal.train.train, with train.omp_wait_policy put into the environment first, as `shoal
+    train` does: a spawned worker has not loaded torch yet, so the policy still takes effect."""
+    from shoal.train import threads
+
+    threads.prepare_wait_policy(cfg.train.omp_wait_policy)
+    from shoal.train import train
+
+    return train(cfg, on_epoch=on_epoch)
+
+
 def resolve_train_fn(spec: str | TrainFn | None) -> TrainFn:
-    """The train function of --train-fn: None -> shoal.train.train, a callable -> itself,
-    'module:function' -> that function (a class there is instantiated). ValueError if unusable."""
+    """The train function of --train-fn: None -> shoal.train.train (through
+    train_with_wait_policy), a callable -> itself, 'module:function' -> that function (a class
+    there is instantiated). ValueError if unusable."""
     if callable(spec):
         return spec
     if spec is None:
-        from shoal.train import train
-
-        return train
+        return train_with_wait_policy
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"--train-fn must look like MODULE:FUNCTION (e.g. shoal.train:train), got {spec!r}")

@@ -22,13 +22,72 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import qmc
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import ConstantKernel, Kernel, Matern, WhiteKernel
+from sklearn.gaussian_process.kernels import (
+    ConstantKernel,
+    Exponentiation,
+    GenericKernelMixin,
+    Hyperparameter,
+    Kernel,
+    Matern,
+    WhiteKernel,
+)
 
 from shoal.sweep.pareto import Observations, collect_observations, pareto_front
 from shoal.sweep.space import COST_KEY, SearchSpace
 
 SAMPLERS = ("pareto", "random", "tpe", "gp")
 CURVE_WEIGHTINGS = ("trial", "independent")
+
+
+class _ParamColumns(Exponentiation):
+    """A kernel on the first `dims` columns only (the last column holds the run id)."""
+
+    def __init__(self, kernel: Kernel, exponent: float = 1.0, dims: int = 1):
+        super().__init__(kernel, exponent)
+        self.dims = dims
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        # Exponentiation lists its own arguments only; clones must keep `dims`.
+        return {**super().get_params(deep), "dims": self.dims}
+
+    def __call__(self, X: np.ndarray, Y: np.ndarray | None = None, eval_gradient: bool = False) -> Any:
+        return super().__call__(X[:, : self.dims], None if Y is None else Y[:, : self.dims], eval_gradient)
+
+    def diag(self, X: np.ndarray) -> np.ndarray:
+        return super().diag(X[:, : self.dims])
+
+
+class _SameRun(GenericKernelMixin, Kernel):
+    """`level` between points of one run (same id in the last column), else 0.
+
+    The points of one run's curve share its seed's luck: a random offset per run, whose
+    variance is fitted like any other hyperparameter.
+    """
+
+    def __init__(self, level: float = 0.1, level_bounds: tuple[float, float] = (1e-5, 1.0)):
+        self.level = level
+        self.level_bounds = level_bounds
+
+    @property
+    def hyperparameter_level(self) -> Hyperparameter:
+        return Hyperparameter("level", "numeric", self.level_bounds)
+
+    def __call__(self, X: np.ndarray, Y: np.ndarray | None = None, eval_gradient: bool = False) -> Any:
+        a = X[:, -1]
+        b = a if Y is None else Y[:, -1]
+        same = (a[:, None] == b[None, :]).astype(float)
+        K = self.level * same
+        if not eval_gradient:
+            return K
+        if self.hyperparameter_level.fixed:
+            return K, np.empty((len(a), len(a), 0))
+        return K, K[:, :, None]  # dK / d log(level)
+
+    def diag(self, X: np.ndarray) -> np.ndarray:
+        return np.full(len(X), self.level)
+
+    def is_stationary(self) -> bool:
+        return False
 
 
 class _Model:
@@ -40,11 +99,21 @@ class _Model:
     """
 
     def __init__(
-        self, dims: int, seed: int, linear_mean: bool = False, hyper_points: int = 64, refit_every: int = 5
+        self,
+        dims: int,
+        seed: int,
+        linear_mean: bool = False,
+        hyper_points: int = 64,
+        refit_every: int = 5,
+        run_offsets: bool = False,
     ):
-        self.kernel: Kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
+        signal: Kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
             length_scale=np.full(dims, 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
-        ) + WhiteKernel(0.05, (1e-5, 1.0))
+        )
+        if run_offsets:
+            # Inputs carry a run id as an extra last column (see ParetoSampler._fit).
+            signal = _ParamColumns(signal, dims=dims) + _SameRun()
+        self.kernel: Kernel = signal + WhiteKernel(0.05, (1e-5, 1.0))
         self.rng = np.random.default_rng(seed)
         self.linear_mean = linear_mean
         self.coef = np.zeros(dims + 1)
@@ -59,14 +128,7 @@ class _Model:
     def _trend(self, x: np.ndarray) -> np.ndarray:
         return x @ self.coef[:-1] + self.coef[-1]
 
-    def noise_level(self) -> float:
-        """The fitted observation noise variance (standardized units)."""
-        white = getattr(self.kernel, "k2", None)
-        return float(getattr(white, "noise_level", 0.05))
-
-    def fit(self, x: np.ndarray, y: np.ndarray, extra_noise: np.ndarray | None = None) -> None:
-        """Fit on (x, y); `extra_noise[i]` multiplies the fitted noise variance added to point i,
-        so points that carry less information (e.g. correlated ones) weigh less."""
+    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
         if self.linear_mean:
             # A ridge-regularized linear trend extrapolates (log-cost keeps growing with run
             # length beyond the runs seen so far, where a GP alone falls back to the mean).
@@ -80,20 +142,16 @@ class _Model:
         target = (y - self.mean) / self.std
         self.calls += 1
         n = len(y)
-        alpha = np.full(n, 1e-10)
-        if extra_noise is not None:
-            alpha = alpha + extra_noise * self.noise_level()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             if self.gp is None or n >= 1.5 * self.fitted_on or self.calls % self.refit_every == 0:
                 sub = np.arange(n)
                 if n > self.hyper_points:
                     sub = self.rng.choice(n, size=self.hyper_points, replace=False)
-                tuned = GaussianProcessRegressor(self.kernel, alpha=alpha[sub], normalize_y=False)
-                self.kernel = tuned.fit(x[sub], target[sub]).kernel_
+                tuned = GaussianProcessRegressor(self.kernel, normalize_y=False).fit(x[sub], target[sub])
+                self.kernel = tuned.kernel_
                 self.fitted_on = n
-            gp = GaussianProcessRegressor(self.kernel, alpha=alpha, normalize_y=False, optimizer=None)
-            self.gp = gp.fit(x, target)
+            self.gp = GaussianProcessRegressor(self.kernel, normalize_y=False, optimizer=None).fit(x, target)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.gp is not None
@@ -123,8 +181,8 @@ class ParetoSampler(BaseSampler):
             `scale` overrides it).
         ucb_beta: how much predicted uncertainty counts (score mean + beta * std).
         max_observations: cap on GP training points (final results are always kept).
-        curve_weighting: "trial" (default) gives the curve points of one run together the
-            weight of about one observation, since they come from one run and share its noise;
+        curve_weighting: "trial" (default) models the curve points of one run as what they are:
+            points sharing that run's random offset (its seed's luck), fitted by the score GP;
             "independent" counts each as a result of its own (overconfident; for comparison).
     """
 
@@ -285,44 +343,39 @@ class ParetoSampler(BaseSampler):
     def _models_for(self, dims: int) -> tuple[_Model, _Model]:
         # One pair per number of modelled keys: a kernel's length scales are per dimension.
         if dims not in self._models:
-            self._models[dims] = (_Model(dims, self.seed), _Model(dims, self.seed, linear_mean=True))
+            runs = self.curve_weighting == "trial"
+            score_model = _Model(dims, self.seed, run_offsets=runs)
+            self._models[dims] = (score_model, _Model(dims, self.seed, linear_mean=True))
         return self._models[dims]
 
-    def curve_noise(self, obs: Observations, idx: np.ndarray) -> np.ndarray:
-        """Extra noise (in multiples of the fitted noise) of each chosen observation.
-
-        The m curve points of one run share its seed and its schedule, so their errors are
-        correlated: each gets m - 1 extra noise, which makes them together count about as much
-        as one independent result. Final results and failures get none.
-        """
-        extra = np.zeros(len(idx))
-        if self.curve_weighting == "independent":
-            return extra
-        curve = ~obs.final[idx]
-        if curve.any():
-            numbers, counts = np.unique(obs.trial[idx][curve], return_counts=True)
-            per_trial = dict(zip(numbers.tolist(), counts.tolist(), strict=True))
-            extra[curve] = [per_trial[n] - 1 for n in obs.trial[idx][curve].tolist()]
-        return extra
+    def _with_runs(self, x: np.ndarray, runs: np.ndarray) -> np.ndarray:
+        """x with the run id as a last column, when the score model reads it."""
+        if self.curve_weighting != "trial":
+            return x
+        return np.hstack([x, runs.reshape(-1, 1).astype(float)])
 
     def _fit(self, obs: Observations, pending: np.ndarray) -> tuple[_Model, _Model, np.ndarray]:
-        """Fit the score and cost models on the modelled keys; returns them and those keys' mask."""
+        """Fit the score and cost models on the modelled keys; returns them and those keys' mask.
+
+        With curve_weighting "trial" the score model knows which run each point came from and
+        fits a per-run offset (the seed's luck shared by a curve), so ten points of one run
+        are not taken for ten independent results.
+        """
         assert obs.modelled is not None and obs.failed is not None
         cols = obs.modelled
         idx = self._subsample(obs)
-        x, score = obs.x[idx][:, cols], obs.score[idx]
-        noise = self.curve_noise(obs, idx)
+        x, score, runs = obs.x[idx][:, cols], obs.score[idx], obs.trial[idx]
         if len(pending):
             # Constant liar: runs in flight elsewhere count as scoring the worst seen, so this
             # worker does not propose them again; their lie leaves once their results arrive.
             x = np.vstack([x, pending[:, cols]])
             score = np.concatenate([score, np.full(len(pending), obs.score.min())])
-            noise = np.concatenate([noise, np.zeros(len(pending))])
+            runs = np.concatenate([runs, -1 - np.arange(len(pending))])
         score_model, cost_model = self._models_for(int(cols.sum()))
-        score_model.fit(x, score, noise)
+        score_model.fit(self._with_runs(x, runs), score)
         # A failed run's seconds say when it broke, not what its length costs.
         ran = idx[~obs.failed[idx]]
-        cost_model.fit(obs.x[ran][:, cols], np.log(obs.cost[ran]), self.curve_noise(obs, ran))
+        cost_model.fit(obs.x[ran][:, cols], np.log(obs.cost[ran]))
         return score_model, cost_model, cols
 
     def _target_cost(self, log_costs: np.ndarray) -> tuple[float, float]:
@@ -345,7 +398,9 @@ class ParetoSampler(BaseSampler):
         ok = np.flatnonzero(~obs.failed)
         front = ok[pareto_front(list(obs.cost[ok]), list(obs.score[ok]))]
         cands = self.candidates(obs, front)
-        mu, sd = score_model.predict(cands[:, cols])
+        # Each candidate is a new run: an id no observation has.
+        new_runs = -(10**9) - np.arange(len(cands))
+        mu, sd = score_model.predict(self._with_runs(cands[:, cols], new_runs))
         pred_cost, _ = cost_model.predict(cands[:, cols])
         target, span = self._target_cost(np.log(obs.cost[ok]))
         distance = np.abs(pred_cost - target)

@@ -55,17 +55,62 @@ def storage_url(name: str, storage: str | None, sweep_dir: str | Path = SWEEP_DI
     return storage if storage else str(default_journal_path(name, sweep_dir))
 
 
+# ---- opening a storage: errors a user can act on ----
+# Seconds to wait for a database server before saying it cannot be reached.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+class StorageError(RuntimeError):
+    """The sweep storage cannot be reached or opened; the message names it and the driver's reason."""
+
+
 def open_storage(url: str) -> BaseStorage:
-    """An RDB URL (contains '://') or a path to a journal file (created with its folder)."""
+    """An RDB URL (contains '://') or a path to a journal file (created with its folder).
+
+    Raises StorageError, in one line, when the database cannot be reached (within
+    CONNECT_TIMEOUT_SECONDS), the URL is malformed, or the journal path cannot be used.
+    """
     if is_url(url):
-        url = _with_installed_driver(url)
-        if url.startswith(("postgresql", "mysql")):
-            # Workers on other machines may be slow to write; keep connections healthy.
-            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        return RDBStorage(url)
+        return _open_rdb(url)
     path = Path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    if path.is_dir():
+        raise StorageError(f"storage {path} is a folder; give a journal file (e.g. {path / 'NAME.journal'})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as e:
+        raise StorageError(f"cannot open the storage {path}: {e.strerror or e}") from None
+
+
+def _open_rdb(url: str) -> BaseStorage:
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError as e:
+        raise StorageError(f"storage {url} is not a database URL: {e}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    url = _with_installed_driver(url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith(("postgresql", "mysql")):
+        # Workers on other machines may be slow to write; keep connections healthy. A server that
+        # is not there must fail in seconds, not after the OS's TCP timeout (minutes).
+        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS}}
+    try:
+        return RDBStorage(url, engine_kwargs=kwargs) if kwargs else RDBStorage(url)
+    except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.ArgumentError, ImportError) as e:
+        raise StorageError(_unreachable(shown, parsed, e)) from None
+
+
+def _unreachable(shown: str, parsed: Any, error: Exception) -> str:
+    """'cannot reach the storage URL (host H, port P): the driver's first line'."""
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+    first = reason[0].strip() if reason else type(error).__name__
+    if parsed.host:
+        port = parsed.port if parsed.port is not None else "default"
+        return f"cannot reach the storage {shown} (host {parsed.host}, port {port}): {first}"
+    return f"cannot open the storage {shown}: {first}"
 
 
 def _with_installed_driver(url: str) -> str:

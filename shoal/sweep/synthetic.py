@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from shoal.core.config import Config
+from shoal.sweep.space import config_values
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,20 @@ class Problem:
         return self.quality(params) * (1.0 - math.exp(-steps / self.time_constant(params)))
 
     def curve(
-        self, params: dict[str, Any], rng: np.random.Generator, epochs: int = 10
+        self, params: dict[str, Any], rng: np.random.Generator, epochs: int = 10, run_noise: float = 0.0
     ) -> list[tuple[float, float, float]]:
-        """(cost_seconds, agent_steps, noisy score) after each of `epochs` equal parts of the run."""
+        """(cost_seconds, agent_steps, noisy score) after each of `epochs` equal parts of the run.
+
+        `run_noise` is the standard deviation of an offset shared by all points of the run (a
+        seed's luck, which real curves have): it makes the points of one curve correlated.
+        """
         total = float(params["train.total_steps"])
         sps = self.steps_per_second(params)
+        offset = rng.normal(0.0, run_noise) if run_noise > 0 else 0.0
         points = []
         for e in range(1, epochs + 1):
             steps = total * e / epochs
-            noisy = self.score(params, steps) + rng.normal(0.0, self.noise)
+            noisy = self.score(params, steps) + offset + rng.normal(0.0, self.noise)
             points.append((steps / sps, steps, noisy))
         return points
 
@@ -124,14 +130,6 @@ PROBLEMS: dict[str, Problem] = {
 }
 
 
-def config_params(cfg: Config, keys: list[str]) -> dict[str, Any]:
-    out = {}
-    for key in keys:
-        section, name = key.split(".", 1)
-        out[key] = getattr(getattr(cfg, section), name)
-    return out
-
-
 @dataclass
 class SyntheticResult:
     run_dir: str
@@ -165,7 +163,7 @@ class SyntheticTrainer:
             raise RuntimeError(f"synthetic crash: learning rate {lr:g} above {float(crash):g}")
         diverge = options.get("diverge_above_lr")
         diverged = diverge is not None and lr > float(diverge)
-        params = config_params(cfg, list(self.problem.space))
+        params = config_values(cfg, list(self.problem.space))
         rng = np.random.default_rng(cfg.train.seed)
         start = time.monotonic()
         history: list[dict[str, Any]] = []

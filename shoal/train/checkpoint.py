@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,23 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 # Files written before the policy's auxiliary head had its name keep it under this one.
 LEGACY_HEAD_PREFIX = "horizon."
+# The layout of checkpoint.pt and model.pt. Raise it when a change makes new files unreadable
+# by an older Shoal; files without the key were written before it existed and are format 1.
+FORMAT = 2
+# The oldest format this Shoal still reads (load_file and learner_state translate older keys).
+OLDEST_FORMAT = 1
+REQUIRED_KEYS = ("model", "config", "observation_space", "action_space")
+
+
+class CheckpointError(ValueError):
+    """A file given as a checkpoint is not one this Shoal can read: the message says why."""
+
+
+def shoal_version() -> str:
+    try:
+        return importlib.metadata.version("shoal")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -63,6 +82,8 @@ def model_payload(
     policy: Policy, cfg: Config, obs_space: gymnasium.Space, act_space: gymnasium.Space
 ) -> dict:
     return {
+        "format": FORMAT,
+        "shoal_version": shoal_version(),
         "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
         "config": cfg.to_dict(),
         "observation_space": describe_space(obs_space),
@@ -84,15 +105,64 @@ def resolve_checkpoint(path: str | Path, prefer: str = CHECKPOINT) -> Path:
 
 
 def load_file(path: str | Path) -> dict:
-    """A checkpoint.pt or model.pt, its weights named as the current policy names them."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or "model" not in data or "config" not in data:
-        raise ValueError(f"{path} is not a Shoal checkpoint (expected a dict with 'model' and 'config')")
+    """A checkpoint.pt or model.pt, its weights named as the current policy names them.
+
+    Raises CheckpointError for a file that is not a Shoal checkpoint (random bytes, empty,
+    truncated, another program's file) or one written by a Shoal that this one cannot read.
+    """
+    data = _torch_load(Path(path))
+    if not isinstance(data, dict) or not all(key in data for key in REQUIRED_KEYS):
+        missing = ", ".join(k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data)
+        raise CheckpointError(f"{path} is not a Shoal checkpoint (it has no {missing})")
+    check_format(path, data)
     data["model"] = {
         ("aux_head." + k[len(LEGACY_HEAD_PREFIX) :] if k.startswith(LEGACY_HEAD_PREFIX) else k): v
         for k, v in data["model"].items()
     }
     return data
+
+
+def _torch_load(path: Path) -> Any:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+        # torch's own messages run to many lines, with advice (weights_only=False) that does not apply.
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        if isinstance(e, EOFError) or path.stat().st_size == 0:
+            reason = "the file is empty or cut short"
+        elif isinstance(e, pickle.UnpicklingError):
+            reason = "it is not a file torch.save wrote, or it holds more than tensors and plain data"
+        raise CheckpointError(f"{path} is not a Shoal checkpoint (torch cannot read it: {reason})") from None
+
+
+def written_by(data: dict[str, Any]) -> str:
+    """Which Shoal wrote a checkpoint, for messages: its version, or its format when it has none."""
+    version = data.get("shoal_version")
+    format_ = data.get("format", 1)
+    known = isinstance(version, str) and version != "unknown"
+    who = f"Shoal {version}" if known else "Shoal version not recorded"
+    return f"{who}, checkpoint format {format_}"
+
+
+def check_format(path: str | Path, data: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose format this Shoal does not read, naming who wrote it."""
+    format_ = data.get("format", 1)
+    if not isinstance(format_, int) or isinstance(format_, bool):
+        raise CheckpointError(f"{path} is not a Shoal checkpoint (its format is {format_!r})")
+    if format_ > FORMAT:
+        raise CheckpointError(
+            f"{path} was written by a newer Shoal ({written_by(data)}); this is Shoal {shoal_version()}, "
+            f"which reads checkpoint formats {OLDEST_FORMAT} to {FORMAT}: upgrade Shoal to load it"
+        )
+    if format_ < OLDEST_FORMAT:
+        raise CheckpointError(
+            f"{path} was written by an older Shoal ({written_by(data)}); this is Shoal {shoal_version()}, "
+            f"which reads checkpoint formats {OLDEST_FORMAT} to {FORMAT}"
+        )
 
 
 def learner_state(data: dict[str, Any]) -> dict[str, Any]:
@@ -172,13 +242,17 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
     """An Agent from a run folder, model.pt or checkpoint.pt."""
     file = resolve_checkpoint(path, prefer=MODEL)
     data = load_file(file)
-    config = from_dict(data["config"])
-    obs_space = build_space(data["observation_space"])
-    act_space = build_space(data["action_space"])
-    aux_head = make_estimator(config.train, config.policy.hidden_size).aux_head
-    policy = make_policy(obs_space, act_space, config.policy, aux_head)
     try:
+        config = from_dict(data["config"])
+        obs_space = build_space(data["observation_space"])
+        act_space = build_space(data["action_space"])
+        aux_head = make_estimator(config.train, config.policy.hidden_size).aux_head
+        policy = make_policy(obs_space, act_space, config.policy, aux_head)
         policy.load_state_dict(data["model"])
-    except RuntimeError as e:
-        raise ValueError(f"weights in {file} do not fit the policy its config describes: {e}") from None
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
+        # A config or weights this Shoal cannot rebuild: most likely another version wrote them.
+        reason = " ".join(line.strip() for line in str(e).strip().splitlines()[:2]) or type(e).__name__
+        raise CheckpointError(
+            f"{file} ({written_by(data)}) does not fit this Shoal {shoal_version()}: {reason}"
+        ) from None
     return Agent(policy, config, obs_space, act_space, device)

@@ -27,6 +27,7 @@ from shoal.train import distributed
 from shoal.train.checkpoint import (
     CHECKPOINT,
     MODEL,
+    CheckpointError,
     atomic_torch_save,
     learner_state,
     load_file,
@@ -120,22 +121,37 @@ def new_run_dir(cfg: Config) -> Path:
 
 def read_resume_checkpoint(resume: str) -> tuple[dict[str, Any], Path]:
     """(checkpoint data, run folder) of `run.resume`: a run folder or its checkpoint file."""
-    path = resolve_checkpoint(resume, prefer=CHECKPOINT)
-    if path.name != CHECKPOINT and not path.name.startswith("checkpoint"):
-        raise ConfigError(f"run.resume needs a {CHECKPOINT} to continue from, got {path}")
-    return load_file(path), path.parent
+    try:
+        path = resolve_checkpoint(resume, prefer=CHECKPOINT)
+        if path.name != CHECKPOINT and not path.name.startswith("checkpoint"):
+            raise ConfigError(f"run.resume needs a {CHECKPOINT} to continue from, got {path}")
+        return load_file(path), path.parent
+    except (FileNotFoundError, CheckpointError) as e:
+        # A usage mistake in run.resume (or --resume), reported like any other bad config value.
+        raise ConfigError(f"run.resume: {e}") from None
 
 
 def read_history(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
-    """Metrics lines of epochs <= `up_to_epoch` (later ones were not checkpointed)."""
-    if not path.exists():
+    """Metrics lines of epochs <= `up_to_epoch` (later ones were not checkpointed).
+
+    A torn last line (the run was killed while writing it, after its last checkpoint) is
+    dropped; an unreadable line before it is an error.
+    """
+    if not path.is_file():
         return []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     history = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for n, line in enumerate(lines, 1):
+        try:
             m = json.loads(line)
-            if m.get("epoch", 0) <= up_to_epoch:
-                history.append(m)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            m = None
+        if not isinstance(m, dict):
+            raise ConfigError(f"run.resume: line {n} of {path} is not a JSON record")
+        if m.get("epoch", 0) <= up_to_epoch:
+            history.append(m)
     return history
 
 
@@ -267,6 +283,8 @@ class Run:
             "rng": rng_state(),
             "observation_space": payload["observation_space"],
             "action_space": payload["action_space"],
+            "format": payload["format"],
+            "shoal_version": payload["shoal_version"],
             "learner": learned,
             **ranks,
         }
