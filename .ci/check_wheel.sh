@@ -6,6 +6,8 @@
 #
 #   .ci/check_wheel.sh            # from anywhere; exits non-zero on any difference
 set -euo pipefail
+# Nothing but the venv (and, for the checkout, the current folder) may say where shoal comes from.
+unset PYTHONPATH
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 work=$(mktemp -d -t shoal-wheel.XXXXXX)
