@@ -318,7 +318,18 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         if args.env is None:
             raise UsageError("name the env to train (e.g. 'shoal train cartpole'), or give --resume RUN_DIR")
-        cfg = load_config(args.env, overrides, args.config)
+        derived: dict[str, Any] = {}
+        cfg = load_config(args.env, overrides, args.config, derive=recipe_deriver(derived))
+        if derived:
+            print(
+                f"{cfg.env.name}: no recipe file names this env, so its recipe was derived from the env "
+                f"(`shoal config {cfg.env.name}` shows each value and why)",
+                file=sys.stderr,
+            )
+            # Ranks started by train.processes rebuild the config from the command line: they get
+            # the values measured here, not their own measurement.
+            args.argv = [*args.argv, "--env.recipe=derived"]
+            args.argv += [f"--{key}={d.value}" for key, d in derived.items()]
     if args.quiet:
         cfg.run.quiet = True
     if args.profile:
@@ -336,12 +347,29 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     prepare_threads(cfg)
     check_env(cfg.env.name, cfg.env.options)
     from shoal.train import train
+    from shoal.train.rollout import EnvError
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except EnvError as e:
+        return fail(args.command, str(e), status=1)
     if getattr(result, "rank", 0) == 0:
         # Under torchrun the other processes stay quiet.
         print_train_summary(cfg, result)
     return 0
+
+
+def recipe_deriver(record: dict[str, Any]) -> Callable[[Config, frozenset[str]], None]:
+    """The derive step of load_config: the env's derived recipe (shoal.train.recipe, which loads
+    no torch), its values and reasons kept in `record`; the env's own errors as usage errors."""
+
+    def derive(cfg: Config, explicit: frozenset[str]) -> None:
+        from shoal.train.recipe import derive_into
+
+        with env_errors_as_usage():
+            record.update(derive_into(cfg, explicit))
+
+    return derive
 
 
 def prepare_threads(cfg: Any) -> None:
@@ -583,8 +611,12 @@ def format_number(value: float, is_int: bool) -> str:
 def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
     from shoal.core.config import load_config, to_toml
 
-    cfg = load_config(args.env, overrides, args.config)
-    text = to_toml(cfg)
+    derived: dict[str, Any] = {}
+    cfg = load_config(args.env, overrides, args.config, derive=recipe_deriver(derived))
+    comments = {key: f"derived: {d.why}" for key, d in derived.items()}
+    if derived:
+        comments["env.recipe"] = "no recipe file names this env: the values marked 'derived' are the env's"
+    text = to_toml(cfg, comments)
     if not args.output:
         sys.stdout.write(text)
         return 0

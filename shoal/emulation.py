@@ -489,7 +489,12 @@ class GymnasiumVecEnv(_EmulatedVecEnv):
         flatten, convert = self.flattener.flatten, self.actions_converter.convert
         stats, infos = self._stats, self._infos
         for i, env in enumerate(self.envs):
-            obs, reward, terminated, truncated, info = env.step(convert(actions[i]))
+            try:
+                obs, reward, terminated, truncated, info = env.step(convert(actions[i]))
+            except Exception as e:
+                # Which copy failed, for the trainer's message; the exception keeps its type.
+                e.add_note(f"raised by Gymnasium env index {i} of {len(self.envs)}")
+                raise
             self.rewards[i] = reward
             self.terminals[i] = terminated
             self.truncations[i] = truncated

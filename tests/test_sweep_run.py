@@ -352,3 +352,19 @@ def test_stale_trial_detection():
     assert not is_stale(running(remote, now - 60), now=now, stale_after=300)
     assert is_stale(running(remote, now - 301), now=now, stale_after=300)
     assert not is_stale(optuna.trial.create_trial(values=[1.0, 1.0]), now=now)
+
+
+def test_a_sweep_derives_the_recipe_of_an_env_without_one_once_for_all_trials() -> None:
+    """The base config of a gym env without a recipe file is derived when the sweep starts, so
+    trials (train() on a config marked "derived") never measure the env again or replace a
+    sampled value; a --train-fn sweep is left alone (its env may not be a Shoal env)."""
+    from shoal.sweep.cli import base_config, build_parser
+
+    args = build_parser().parse_args(["gym:Pendulum-v1", "--name", "p", "--trials", "1"])
+    base = base_config(args, ["--train.learning-rate", "0.0005"])
+    assert base.env.recipe == "derived"
+    assert base.train.learning_rate == 0.0005  # a flag still wins over the derived value
+    custom = build_parser().parse_args(
+        ["synthetic", "--name", "s", "--trials", "1", "--train-fn", "shoal.sweep.synthetic:synthetic_train"]
+    )
+    assert base_config(custom, []).env.recipe == "auto"

@@ -16,6 +16,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,11 @@ class EnvConfig:
     num_threads: int = 0
     # Environment-specific options passed to shoal.make (e.g. frameskip); validated by the env.
     options: dict[str, Any] = field(default_factory=dict)
+    # Where the values that no file or flag set come from: "auto" (derived from the env's spaces,
+    # agents and measured speed when no shoal/configs/<env>.toml names it; shoal/train/recipe.py),
+    # "file" (that recipe file), "derived" (already derived: the values are in this config),
+    # "none" (the plain defaults).
+    recipe: Literal["auto", "file", "derived", "none"] = "auto"
 
 
 @dataclass
@@ -132,6 +138,10 @@ class TrainConfig:
     # Rewards are clamped to [-reward_clip, reward_clip] before advantages (0 = off); PufferLib
     # clamps to [-1, 1], which its tuned recipes (e.g. breakout's) assume.
     reward_clip: float = 0.0
+    # Divide each reward by the running standard deviation of the discounted return (then clip
+    # to +-10), so value targets are O(1) whatever the env's reward units; the statistics are
+    # saved in checkpoints.
+    reward_scale: bool = False
     norm_adv: bool = True
     # V-trace style correction: advantages are recomputed before every minibatch with each
     # step's latest importance ratio, clipped at rho (deltas) and c (traces).
@@ -417,13 +427,15 @@ def _toml_value(value: Any, where: str) -> str:
     raise ConfigError(f"{where}: cannot write {type(value).__name__} value {value!r} as TOML")
 
 
-def to_toml(config: Config) -> str:
+def to_toml(config: Config, comments: dict[str, str] | None = None) -> str:
     """The config as TOML text that load_toml/from_dict read back to an equal Config.
 
     TOML has no null, so keys whose value is None (e.g. train.target_score) are written
-    as comments; leaving them out restores their None default on reading.
+    as comments; leaving them out restores their None default on reading. `comments` maps
+    dotted keys to a note written above the key (e.g. why a derived value was chosen).
     """
     data = config.to_dict()
+    comments = comments or {}
     lines: list[str] = []
     for section in SECTIONS:
         if section == "sweep":
@@ -431,6 +443,9 @@ def to_toml(config: Config) -> str:
         lines.append(f"[{section}]")
         tables: list[tuple[str, dict[str, Any]]] = []
         for key, value in data[section].items():
+            note = comments.get(f"{section}.{key}")
+            if note:
+                lines.extend(f"# {line}" for line in note.splitlines())
             if isinstance(value, dict):
                 tables.append((key, value))
             elif value is None:
@@ -496,36 +511,62 @@ def _looks_like_flag(arg: str) -> bool:
     return arg.startswith("--") and len(arg) > 2
 
 
+# Fills the values of a config that no file or flag set (the second argument: those dotted
+# keys), e.g. shoal.train.recipe.derive_into, which builds and measures the env.
+Derive = Callable[[Config, frozenset[str]], Any]
+
+
 def load_config(
     env_name: str | None = None,
     overrides: list[str] | None = None,
     config_file: str | Path | None = None,
     config_dir: str | Path | None = CONFIG_DIR,
+    derive: Derive | None = None,
 ) -> Config:
     """default.toml -> <env>.toml -> an explicit config file -> CLI overrides.
 
     `config_dir` None skips the recipes (plain defaults, then the file and flags). A folder must
-    hold default.toml, and a native game's recipe must be there (see NATIVE_GAMES).
+    hold default.toml, and a native game's recipe must be there (see NATIVE_GAMES). Without an
+    env recipe file, `derive` (when given) fills the keys neither the file nor a flag set.
     """
     config = Config()
     if config_dir is not None:
         _apply_recipes(config, env_name, Path(config_dir))
     if env_name is not None:
         config.env.name = env_name
+    explicit: set[str] = set()
     if config_file is not None:
         file_data = load_toml(config_file)
         file_env = file_data.get("env", {}).get("name") if isinstance(file_data.get("env"), dict) else None
         if env_name is None and isinstance(file_env, str):
             # The file names the env: its env toml sits below the file, as if named on the command line.
-            return load_config(file_env, overrides, config_file, config_dir)
+            return load_config(file_env, overrides, config_file, config_dir, derive)
         merge_dict(config, file_data, str(config_file))
+        explicit.update(_dotted_keys(file_data))
         if env_name is not None and config.env.name != env_name:
             raise ConfigError(
                 f"{config_file} sets env.name = '{config.env.name}' but the command names env '{env_name}'"
             )
     for key, value in parse_overrides(overrides or []):
         set_key(config, key, value)
+        explicit.add(_dotted(key))
+    if derive is not None and config.env.recipe == "auto":
+        derive(config, frozenset(explicit))
     return config
+
+
+def _dotted(key: str) -> str:
+    """'train.learning-rate' -> 'train.learning_rate'; an env option stays whole."""
+    return ".".join(_normalize(part) for part in key.split("."))
+
+
+def _dotted_keys(data: dict[str, Any]) -> list[str]:
+    """The dotted keys a TOML table sets ([train] batch_size -> 'train.batch_size')."""
+    keys = []
+    for section, values in data.items():
+        if isinstance(values, dict) and _normalize(section) != "sweep":
+            keys.extend(_dotted(f"{section}.{key}") for key in values)
+    return keys
 
 
 def _apply_recipes(config: Config, env_name: str | None, config_dir: Path) -> None:
@@ -539,6 +580,7 @@ def _apply_recipes(config: Config, env_name: str | None, config_dir: Path) -> No
     env_file = config_dir / f"{env_file_stem(env_name)}.toml"
     if env_file.is_file():
         merge_dict(config, load_toml(env_file), str(env_file))
+        config.env.recipe = "file"
     elif env_name in NATIVE_GAMES:
         raise ConfigError(
             f"the recipe of native env '{env_name}' is missing: no {env_file} (reinstall Shoal)"

@@ -128,8 +128,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def base_config(args: argparse.Namespace, overrides: list[str]) -> Config:
-    """The config every trial starts from; a --config file's [sweep.*] tables replace the space."""
-    base = load_config(args.env, overrides, args.config)
+    """The config every trial starts from; a --config file's [sweep.*] tables replace the space.
+
+    An env without a recipe file gets its derived recipe here, once, when the trials train with
+    Shoal's trainer (a --train-fn may not use a Shoal env at all): every trial then starts from
+    the same values, and a sampled value is never replaced by a derived one.
+    """
+    from shoal.train.recipe import derive_into
+
+    base = load_config(args.env, overrides, args.config, derive=None if args.train_fn else derive_into)
     if args.config is not None:
         own = load_toml(args.config).get("sweep")
         if isinstance(own, dict) and own:

@@ -16,6 +16,12 @@ import numpy as np
 import torch
 
 from shoal.policy import Policy, sample_actions
+from shoal.train.normalize import RewardScaler
+
+
+class EnvError(RuntimeError):
+    """The env failed while training stepped it: its step raised, or it returned NaN or infinite
+    observations or rewards. The message names the env, and the env index and step."""
 
 
 @dataclass
@@ -107,6 +113,13 @@ class Collector:
     # Add gamma * V(final obs) to the last reward of a truncated episode; an estimator without a
     # scalar value (the adaptive horizon) masks what follows a truncation instead.
     bootstrap_truncation: bool = True
+    # Divides the rewards by the return's running std (train.reward_scale), before reward_clip.
+    reward_scaler: RewardScaler | None = None
+    # Check every step's observations and rewards for NaN and infinity (user envs; the native
+    # envs are trusted, and checking their large batches would cost steps/s).
+    check_finite: bool = False
+    # For messages: which env this is.
+    env_name: str = "env"
     times: PhaseTimes = field(default_factory=PhaseTimes)
 
     def __post_init__(self) -> None:
@@ -124,6 +137,8 @@ class Collector:
             self.actions_np = np.zeros((n, self.policy.spec.dims), dtype=np.int32)
         self.done_np = np.zeros(n, dtype=np.bool_)
         self.on_cuda = self.device.type == "cuda"
+        # Env steps taken by this Collector, for error messages.
+        self.steps_taken = 0
         obs_dtype = torch_dtype(env.single_observation_space.dtype)
         self.obs_dev = torch.zeros(n, self.buffer.obs.shape[-1], dtype=obs_dtype, device=self.device)
         if self.on_cuda:
@@ -192,7 +207,7 @@ class Collector:
     @torch.inference_mode()
     def collect(self, obs_np: np.ndarray) -> np.ndarray:
         """Fill the buffer for one epoch starting from observations `obs_np`; return the last ones."""
-        buf, env, policy = self.buffer, self.env, self.policy
+        buf, policy = self.buffer, self.policy
         times = self.times
         clock = time.perf_counter
         horizon = buf.horizon
@@ -209,7 +224,7 @@ class Collector:
             t2 = clock()
             self._store_action(t, obs, actions, log_prob, value)
             t3 = clock()
-            obs_np, rewards, terminals, truncations, _ = env.step(self.actions_np)
+            obs_np, rewards, terminals, truncations = self._env_step()
             t4 = clock()
             self._store_step(t, rewards, terminals, truncations, new_state)
             t5 = clock()
@@ -221,6 +236,41 @@ class Collector:
             buf.next_value.copy_(policy.value(self._load_obs(obs_np), self.state))
         times.inference += clock() - t0
         return obs_np
+
+    def _env_step(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """env.step with the actions written; EnvError naming the env when it raises or returns
+        non-finite values."""
+        try:
+            obs, rewards, terminals, truncations, _ = self.env.step(self.actions_np)
+        except Exception as e:
+            notes = "".join(f" ({note})" for note in getattr(e, "__notes__", ()))
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise EnvError(
+                f"env '{self.env_name}' raised {type(e).__name__} in step {self.steps_taken + 1} "
+                f"of this run's stepping: {first}{notes}"
+            ) from e
+        self.steps_taken += 1
+        if self.check_finite:
+            self._check_finite(obs, rewards)
+        return obs, rewards, terminals, truncations
+
+    def _check_finite(self, obs: np.ndarray, rewards: np.ndarray) -> None:
+        for what, values in (("rewards", rewards), ("observations", obs)):
+            if values.dtype.kind != "f":
+                continue
+            finite = np.isfinite(values)
+            if finite.all():
+                continue
+            rows = np.flatnonzero(~finite.reshape(values.shape[0], -1).all(axis=1))
+            agents = self.env.agents_per_env
+            where = ", ".join(
+                f"env index {r // agents}" + (f" agent {r % agents}" if agents > 1 else "") for r in rows[:5]
+            )
+            more = ", ..." if len(rows) > 5 else ""
+            raise EnvError(
+                f"env '{self.env_name}' returned NaN or infinite {what} at step {self.steps_taken} of "
+                f"this run's stepping ({where}{more}); the run folder keeps what was written before it"
+            )
 
     def _store_action(
         self, t: int, obs: torch.Tensor, actions: torch.Tensor, log_prob: torch.Tensor, value: torch.Tensor
@@ -244,6 +294,8 @@ class Collector:
         np.logical_or(terminals, truncations, out=self.done_np)
         rewards_t, done_t, truncated_t = self._load_step(rewards, self.done_np, truncations)
         buf.rewards[:, t].copy_(rewards_t)
+        if self.reward_scaler is not None:
+            self.reward_scaler.scale_(buf.rewards[:, t], done_t)
         if self.reward_clip > 0:
             # Before the truncation bootstrap: gamma * V(final obs) is a value, not a reward.
             buf.rewards[:, t].clamp_(-self.reward_clip, self.reward_clip)

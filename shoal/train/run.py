@@ -163,6 +163,8 @@ class Trained(NamedTuple):
     learner: Any  # shoal.train.learner.Learner
     observation_space: gymnasium.Space
     action_space: gymnasium.Space
+    # shoal.train.normalize.RewardScaler with train.reward_scale, else None.
+    reward_scaler: Any = None
 
 
 class Run:
@@ -207,6 +209,9 @@ class Run:
             ) from None
         optimizers.load_state_dict(data["optimizer"])
         learner.load_state_dict(learner_state(data))
+        scaler = self.trained.reward_scaler
+        if scaler is not None and "reward_scaler" in data:
+            scaler.load_state_dict(data["reward_scaler"])
         self.epoch, self.agent_steps = int(data["epoch"]), int(data["agent_steps"])
         self.wall_offset = self.wall_time = float(data["wall_time"])
         self.scores.load(data["score_window"])
@@ -264,7 +269,7 @@ class Run:
             ranks = self._gather_ranks()
         if not self.main:
             return
-        policy, optimizers, learner, obs_space, act_space = self.trained
+        policy, optimizers, learner, obs_space, act_space = self.trained[:5]
         learned = learner.state_dict()
         payload = model_payload(policy, self.cfg, obs_space, act_space)
         state = {
@@ -288,6 +293,8 @@ class Run:
             "learner": learned,
             **ranks,
         }
+        if self.trained.reward_scaler is not None:
+            state["reward_scaler"] = self.trained.reward_scaler.state_dict()
         atomic_torch_save(state, self.dir / CHECKPOINT)
 
     def _gather_ranks(self) -> dict[str, Any]:
@@ -316,5 +323,5 @@ class Run:
     def save_model(self) -> None:
         """Write model.pt, the current weights for eval (rank 0)."""
         if self.main:
-            policy, _, _, obs_space, act_space = self.trained
+            policy, _, _, obs_space, act_space = self.trained[:5]
             atomic_torch_save(model_payload(policy, self.cfg, obs_space, act_space), self.dir / MODEL)

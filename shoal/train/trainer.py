@@ -36,13 +36,14 @@ from shoal.core.names import is_emulated
 from shoal.envs.registry import make
 from shoal.mup import regroup
 from shoal.policy import Policy, make_policy
-from shoal.train import accel, distributed, launch, threads
+from shoal.train import accel, distributed, launch, recipe, threads
 from shoal.train.advantage import AdvantageEstimator, make_estimator
 from shoal.train.cuda_graph import use_cuda_graph
 from shoal.train.dashboard import Dashboard, make_dashboard
 from shoal.train.learner import Learner
+from shoal.train.normalize import RewardScaler
 from shoal.train.optim import Optimizers, make_optimizer
-from shoal.train.rollout import Collector, RolloutBuffer
+from shoal.train.rollout import Collector, EnvError, RolloutBuffer
 from shoal.train.run import Run, Trained, new_run_dir, read_resume_checkpoint, seed_everything
 from shoal.train.validation import validate
 
@@ -77,7 +78,12 @@ class PPO:
         """What a checkpoint of this process saves besides the run's progress."""
         env = self.env
         return Trained(
-            self.policy, self.optimizers, self.learner, env.single_observation_space, env.single_action_space
+            self.policy,
+            self.optimizers,
+            self.learner,
+            env.single_observation_space,
+            env.single_action_space,
+            self.collector.reward_scaler,
         )
 
 
@@ -95,15 +101,34 @@ def train(cfg: Config, on_epoch: OnEpoch | None = None) -> TrainResult:
 
     The OpenMP wait policy (train.omp_wait_policy) takes effect only if it was put into the
     environment before torch loaded; shoal.train.threads says how.
+
+    An env no recipe file names, in a config still marked ``env.recipe = "auto"``, gets a recipe
+    derived from the env (shoal.train.recipe) for every value that is still at its default.
     """
     dist, device_name = distributed.setup(cfg.train.device)
     finished = False
     try:
-        result = _train(cfg, on_epoch, dist, device_name)
+        result = _train(with_recipe(cfg, dist), on_epoch, dist, device_name)
         finished = True
         return result
     finally:
         dist.close(synchronize=finished)
+
+
+def with_recipe(cfg: Config, dist: distributed.Dist) -> Config:
+    """`cfg`, or a copy with the env's derived recipe: rank 0 measures the env, and every rank
+    trains with its values."""
+    if not recipe.needs_recipe(cfg):
+        return cfg
+    cfg = cfg.copy()
+    values = None
+    if dist.is_main:
+        derived = recipe.derive(
+            recipe.probe_env(cfg.env.name, cfg.env.options, cfg.train.seed), cfg, recipe.changed_keys(cfg)
+        )
+        values = {key: d.value for key, d in derived.items()}
+    recipe.apply_values(cfg, dist.broadcast_object(values))
+    return cfg
 
 
 def _train(
@@ -125,6 +150,7 @@ def _train(
     with contextlib.ExitStack() as cleanup:
         env = make_env(cfg, seed)
         cleanup.callback(env.close)
+        recipe.check_spaces(cfg.env.name, env.single_observation_space, env.single_action_space)
         steps_per_agent, total_epochs = validate(cfg, env.num_agents, dist.world_size)
         estimator = make_estimator(tcfg, cfg.policy.hidden_size)
         if run_dir is None:
@@ -141,9 +167,10 @@ def _train(
         try:
             with run:
                 run_epochs(cfg, ppo, run, obs, phases, dashboard, on_epoch)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, EnvError):
             # The interrupted epoch may be half done: keep the last checkpoint for --resume and
-            # save the current weights for eval.
+            # save the current weights for eval (an env's NaN never reaches them: it is caught
+            # as the env returns it).
             run.save_model()
             raise
         run.finish()
@@ -224,6 +251,9 @@ def build(
         step_fn=step_fn,
         reward_clip=tcfg.reward_clip,
         bootstrap_truncation=estimator.bootstrap_truncation,
+        reward_scaler=RewardScaler(env.num_agents, tcfg.gamma, device) if tcfg.reward_scale else None,
+        check_finite=is_emulated(cfg.env.name) or cfg.env.backend != "native",
+        env_name=cfg.env.name,
     )
     if tcfg.cuda_graph:
         use_cuda_graph(collector)
