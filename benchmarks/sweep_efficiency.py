@@ -13,6 +13,10 @@ and larger is better.
     python benchmarks/sweep_efficiency.py --jobs 16  # seeds in parallel processes
     python benchmarks/sweep_efficiency.py --samplers pareto,pareto-independent
         # curve points weighted per run (the default) vs counted as independent results
+
+Each row gives the median over seeds and its interquartile range; below the table, every
+sampler after the first is compared with the first seed by seed (same problem seed, same
+start-up points): the median of the paired differences and how many seeds it won and lost.
 """
 
 from __future__ import annotations
@@ -69,6 +73,25 @@ def run(
     return out
 
 
+def summary(runs: list[list[float]]) -> str:
+    """Median [interquartile range] over seeds, per checkpoint."""
+    q1, medians, q3 = np.percentile(np.array(runs), [25, 50, 75], axis=0)
+    return " ".join(f"{m:8.4f} [{a:.3f}-{b:.3f}]" for m, a, b in zip(medians, q1, q3, strict=True))
+
+
+def print_paired(problem: str, by_sampler: dict[str, list[list[float]]], checkpoints: list[int]) -> None:
+    """Each sampler against the first, seed by seed: median difference, seeds won and lost."""
+    names = list(by_sampler)
+    base = np.array(by_sampler[names[0]])
+    for name in names[1:]:
+        diff = np.array(by_sampler[name]) - base
+        cells = [
+            f"HV@{n}: median {np.median(d):+.4f}, won {(d > 0).sum()} lost {(d < 0).sum()} of {len(d)}"
+            for n, d in zip(checkpoints, diff.T, strict=True)
+        ]
+        print(f"{problem:10s} {name} - {names[0]}: " + "; ".join(cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         f"seeds={seeds} checkpoints={checkpoints} run_noise={args.run_noise:g} "
         "(median normalized hypervolume, higher is better)"
     )
-    header = f"{'problem':10s} {'sampler':8s} " + " ".join(f"{'HV@' + str(n):>8s}" for n in checkpoints)
+    header = f"{'problem':10s} {'sampler':8s} " + " ".join(f"{'HV@' + str(n):>22s}" for n in checkpoints)
     print(header + f" {'seconds':>8s}")
     problems = args.problems.split(",")
     samplers = args.samplers.split(",")
@@ -114,14 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 runs = pool.starmap(run, jobs) if pool is not None else [run(*job) for job in jobs]
                 results[problem_name][sampler_name] = runs
-                medians = np.median(np.array(runs), axis=0)
-                cells = " ".join(f"{m:8.4f}" for m in medians)
+                cells = summary(runs)
                 elapsed = time.perf_counter() - start
                 print(f"{problem_name:10s} {sampler_name:8s} {cells} {elapsed:8.1f}", flush=True)
     finally:
         if pool is not None:
             pool.close()
             pool.join()
+    for problem_name, by_sampler in results.items():
+        print_paired(problem_name, by_sampler, checkpoints)
     if args.out:
         tmp = Path(args.out).with_suffix(".tmp")
         tmp.write_text(json.dumps({"seeds": seeds, "checkpoints": checkpoints, "results": results}, indent=1))

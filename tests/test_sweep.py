@@ -334,7 +334,7 @@ def test_curve_points_of_one_run_share_its_offset_in_the_model():
         sds[weighting] = score_model.predict(sampler._with_runs(x, -1 - np.arange(len(x))))[1].mean()
         if weighting == "trial":
             # The fitted per-run offset variance holds the seed luck, not the point noise.
-            levels = [v for k, v in score_model.kernel.get_params().items() if k.endswith("__level")]
+            levels = [v for k, v in score_model.gp.kernel_.get_params().items() if k.endswith("__level")]
             assert levels and levels[0] > 0.05
     # Counted as independent results, ten points of one lucky run look like certainty.
     assert sds["trial"] > 1.5 * sds["independent"], sds

@@ -20,6 +20,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import qmc
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import (
@@ -90,12 +91,39 @@ class _SameRun(GenericKernelMixin, Kernel):
         return False
 
 
+def _held_out_runs(kernel: Kernel, x: np.ndarray, y: np.ndarray) -> float:
+    """Log density of each run's points predicted from the other runs, summed over runs.
+
+    What the sampler asks of the model is a new run's score, so this is how kernels compete
+    (the run id is the last column of x).
+    """
+    K = kernel(x)
+    K[np.diag_indices_from(K)] += 1e-8
+    inv = np.linalg.inv(K)
+    alpha = inv @ y
+    total = 0.0
+    for run in np.unique(x[:, -1]):
+        b = np.flatnonzero(x[:, -1] == run)
+        cov = np.linalg.inv(inv[np.ix_(b, b)])
+        _, logdet = np.linalg.slogdet(2 * np.pi * cov)
+        total += -0.5 * float(alpha[b] @ cov @ alpha[b]) - 0.5 * logdet
+    return total
+
+
 class _Model:
     """A GP on standardized targets.
 
     Fitting kernel hyperparameters is the slow part (cubic in points, times the dimensions),
     so they are fitted on a subsample, and only again after the data grew by half or every
     few calls; the GP itself is then conditioned on all points with the kernel held fixed.
+
+    With `run_offsets` the inputs carry a run id as an extra last column and the kernel adds
+    a random offset per run (see _SameRun). Fitted jointly, that offset can explain every
+    difference between runs (each run has its own settings, so its offset and the function
+    there are confounded) and the model then learns nothing about the settings. So the
+    function is fitted first as if all points were independent, and the offset variance
+    (with the point noise) afterwards, with the function held fixed, on whole runs: it only
+    takes what the function leaves shared by the points of one run.
     """
 
     def __init__(
@@ -110,11 +138,14 @@ class _Model:
         signal: Kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
             length_scale=np.full(dims, 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
         )
-        if run_offsets:
-            # Inputs carry a run id as an extra last column (see ParetoSampler._fit).
-            signal = _ParamColumns(signal, dims=dims) + _SameRun()
+        # Points taken as independent; with run_offsets, `full` adds the offsets to it.
         self.kernel: Kernel = signal + WhiteKernel(0.05, (1e-5, 1.0))
+        self.full: Kernel | None = None
+        self.dims = dims
+        self.run_offsets = run_offsets
         self.rng = np.random.default_rng(seed)
+        # Its own stream, so the function's fit draws the same subsamples with or without offsets.
+        self.run_rng = np.random.default_rng([seed, 1])
         self.linear_mean = linear_mean
         self.coef = np.zeros(dims + 1)
         self.hyper_points = hyper_points
@@ -148,10 +179,37 @@ class _Model:
                 sub = np.arange(n)
                 if n > self.hyper_points:
                     sub = self.rng.choice(n, size=self.hyper_points, replace=False)
-                tuned = GaussianProcessRegressor(self.kernel, normalize_y=False).fit(x[sub], target[sub])
+                params = x[:, : self.dims]
+                tuned = GaussianProcessRegressor(self.kernel, normalize_y=False).fit(params[sub], target[sub])
                 self.kernel = tuned.kernel_
+                if self.run_offsets:
+                    self.full = self._fit_offsets(x, target)
                 self.fitted_on = n
-            self.gp = GaussianProcessRegressor(self.kernel, normalize_y=False, optimizer=None).fit(x, target)
+            kernel = self.full if self.full is not None else self.kernel
+            self.gp = GaussianProcessRegressor(kernel, normalize_y=False, optimizer=None).fit(x, target)
+
+    def _fit_offsets(self, x: np.ndarray, target: np.ndarray) -> Kernel:
+        """The kernel on [params, run id]: with run offsets if they predict held-out runs better."""
+        rows = self._whole_runs(x[:, -1])
+        x, target = x[rows], target[rows]
+        plain = _ParamColumns(self.kernel.k1, dims=self.dims) + self.kernel.k2
+        # Started from the function fitted without offsets, with a small offset variance.
+        start = _ParamColumns(clone(self.kernel.k1), dims=self.dims) + _SameRun(0.01) + clone(self.kernel.k2)
+        joint = GaussianProcessRegressor(start, normalize_y=False).fit(x, target).kernel_
+        if _held_out_runs(joint, x, target) > _held_out_runs(plain, x, target):
+            return joint
+        return plain
+
+    def _whole_runs(self, runs: np.ndarray) -> np.ndarray:
+        """Rows of randomly chosen runs, all points of each, up to about `hyper_points` rows.
+
+        Whole runs, so that points sharing an offset are seen together; only two
+        hyperparameters are fitted on them, so twice the points cost little.
+        """
+        _, which, counts = np.unique(runs, return_inverse=True, return_counts=True)
+        order = self.run_rng.permutation(len(counts))
+        taken = max(1, int(np.searchsorted(np.cumsum(counts[order]), 2 * self.hyper_points, side="right")))
+        return np.flatnonzero(np.isin(which, order[:taken]))
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.gp is not None
@@ -182,8 +240,9 @@ class ParetoSampler(BaseSampler):
         ucb_beta: how much predicted uncertainty counts (score mean + beta * std).
         max_observations: cap on GP training points (final results are always kept).
         curve_weighting: "trial" (default) models the curve points of one run as what they are:
-            points sharing that run's random offset (its seed's luck), fitted by the score GP;
-            "independent" counts each as a result of its own (overconfident; for comparison).
+            points sharing that run's random offset (its seed's luck), where that predicts
+            held-out runs better (see _Model); "independent" counts each as a result of its own
+            (overconfident where runs' luck differs; for comparison).
     """
 
     def __init__(
@@ -358,7 +417,7 @@ class ParetoSampler(BaseSampler):
         """Fit the score and cost models on the modelled keys; returns them and those keys' mask.
 
         With curve_weighting "trial" the score model knows which run each point came from and
-        fits a per-run offset (the seed's luck shared by a curve), so ten points of one run
+        can fit a per-run offset (the seed's luck shared by a curve), so ten points of one run
         are not taken for ten independent results.
         """
         assert obs.modelled is not None and obs.failed is not None
