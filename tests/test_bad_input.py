@@ -17,18 +17,10 @@ import pytest
 import torch
 
 from shoal import cli
+from tests.test_cli import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SMALL = [
-    "--env.num-envs", "16",
-    "--env.num-threads", "1",
-    "--train.batch-size", "2048",
-    "--train.bptt-horizon", "16",
-    "--train.minibatch-size", "1024",
-    "--train.torch-threads", "1",
-    "--policy.hidden-size", "32",
-]  # fmt: skip
 
 # Nothing listens on port 1 of the loopback interface: the connection is refused at once.
 UNREACHABLE = "postgresql://user@127.0.0.1:1/db"
