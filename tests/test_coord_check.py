@@ -3,18 +3,9 @@
 import json
 
 import pytest
-import torch
 
 from shoal.analysis.coord_check import coord_check, coord_check_main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small matrices: a second thread only adds contention on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_mup import one_thread  # noqa: F401  (autouse: one torch thread for these small matrices)
 
 
 def test_coordinate_check_is_flat_under_mup_and_drifts_under_standard():
