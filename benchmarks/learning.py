@@ -68,7 +68,15 @@ PUFFER_BREAKOUT = [
     (90e6, 761),
 ]
 PUFFER_SPS = 110_000
-TARGETS = {"cartpole": 475.0, "breakout": 700.0}
+# Snake: a mean length at death of 30 (a random policy dies at length ~1.2; the longest is 128).
+SNAKE_TARGET = 30.0
+TARGETS = {"cartpole": 475.0, "breakout": 700.0, "pong": 20.0, "snake": SNAKE_TARGET}
+# What each game's curve shows: score_100 (the game's score: CartPole's and Breakout's are their
+# returns, Snake's is the length at death), or return_100 for Pong, whose score counts only the
+# points won while its return is the point difference (+21 = every game won 21-0).
+MEASURES = {"cartpole": "score_100", "breakout": "score_100", "pong": "return_100", "snake": "score_100"}
+# Games that stop at their target (the others run their whole schedule, for the whole curve).
+STOP_AT_TARGET = {"cartpole", "pong"}
 
 # The RL Zoo's tuned PPO settings for CartPole-v1 (rl-baselines3-zoo, hyperparams/ppo.yml):
 #   n_envs 8, n_timesteps 1e5, policy MlpPolicy, n_steps 32, batch_size 256, gae_lambda 0.8,
@@ -219,13 +227,16 @@ def run_one(env: str, seed: int, minutes: float | None, flags: list[str], run_di
         *flags,
     ]
     cfg = load_config(env, overrides)
-    stop_at_target = env != "breakout"
-    if stop_at_target and cfg.train.target_score is None and env in TARGETS:
-        cfg.train.target_score = TARGETS[env]
-    target = cfg.train.target_score if stop_at_target else TARGETS.get(env)
+    target = TARGETS.get(env)
+    measure = MEASURES.get(env, "score_100")
+    if env == "cartpole" and cfg.train.target_score is not None:
+        target = cfg.train.target_score
+    stop_at_target = env in STOP_AT_TARGET and target is not None
     limit = None if minutes is None else minutes * 60.0
 
     def on_epoch(metrics: dict) -> bool:
+        if stop_at_target and metrics.get(measure, math.nan) >= target:
+            return False
         return limit is None or metrics["wall_time"] < limit
 
     if cfg.train.processes > 1:
@@ -233,14 +244,15 @@ def run_one(env: str, seed: int, minutes: float | None, flags: list[str], run_di
     else:
         history = train(cfg, on_epoch=on_epoch).history
     last = history[-1]
-    curve = [[m["agent_steps"], m["wall_time"], m.get("score_100", m["score"])] for m in history]
+    curve = [[m["agent_steps"], m["wall_time"], m.get(measure, m["score"])] for m in history]
     first = next((point for point in curve if target is not None and point[2] >= target), None)
     return {
         "seed": seed,
         "reached": first is not None,
         "time_to_target": None if first is None else first[1],
         "steps_to_target": None if first is None else first[0],
-        "final_score_100": last.get("score_100"),
+        "measure": measure,
+        "final_score_100": last.get(measure),
         "agent_steps": last["agent_steps"],
         "wall_time": last["wall_time"],
         "mean_sps": last["agent_steps"] / max(last["wall_time"], 1e-9),
@@ -291,8 +303,9 @@ def plot(
         if target is not None:
             ax.axhline(target, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlabel(label)
-        ax.set_ylabel("score (mean of last 100 episodes)")
-        ax.set_title(f"{env}: score vs {label}")
+        what = "return" if MEASURES.get(env) == "return_100" else "score"
+        ax.set_ylabel(f"{what} (mean of last 100 episodes)")
+        ax.set_title(f"{env}: {what} vs {label}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
         fig.tight_layout()
@@ -367,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, flags = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("env", choices=["cartpole", "breakout"])
+    parser.add_argument("env", choices=list(TARGETS))
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ...")
     parser.add_argument("--minutes", type=float, default=None, help="wall-time limit per run")

@@ -77,6 +77,16 @@ OBS_NORM_CLIP = 5.0
 OBS_NORM_EPS = 1e-2
 
 
+def uint8_scale(space: gymnasium.spaces.Box) -> float:
+    """The factor that brings uint8 observations (pixels, grids) to [0, 1], so activations are
+    O(1): 1 / the space's largest bound (255 for pixels, 4 for a grid of 5 cell codes); 1 for
+    other dtypes."""
+    if space.dtype != np.uint8:
+        return 1.0
+    high = float(np.max(space.high)) if space.high.size else 255.0
+    return 1.0 / high if 0.0 < high <= 255.0 else 1.0 / 255.0
+
+
 class Encoder(nn.Module):
     """Observation -> features: ``input`` layer then ``num_layers - 1`` hidden layers.
 
@@ -199,8 +209,7 @@ class Policy(nn.Module):
                 f"the policy expects a Box observation space, got {type(observation_space).__name__}"
             )
         self.obs_size = int(np.prod(observation_space.shape))
-        # uint8 observations (pixels, grids) arrive as 0..255; scaling keeps activations O(1).
-        obs_scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
+        obs_scale = uint8_scale(observation_space)
         self.spec = action_spec(action_space)
         self.hidden_size = hidden_size
         self.use_lstm = lstm

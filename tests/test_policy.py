@@ -380,3 +380,16 @@ def test_compiled_policy_heads_are_float32_under_bfloat16():
     # With an LSTM the step's features are its new hidden state.
     assert_float32_close(step_value, float32_head(policy.critic, h).squeeze(-1))
     assert_float32_close(step_logits, float32_head(policy.actor, h))
+
+
+def test_uint8_observations_are_scaled_by_their_bounds_to_unit_range():
+    from shoal.policy import uint8_scale
+
+    grid = gymnasium.spaces.Box(0, 4, (121,), np.uint8)
+    pixels = gymnasium.spaces.Box(0, 255, (84, 84, 1), np.uint8)
+    floats = gymnasium.spaces.Box(-1.0, 1.0, (8,), np.float32)
+    assert uint8_scale(grid) == 0.25
+    assert uint8_scale(pixels) == 1.0 / 255.0
+    assert uint8_scale(floats) == 1.0
+    policy = Policy(grid, gymnasium.spaces.Discrete(4), hidden_size=8, lstm=False)
+    assert policy.encoder.obs_scale == 0.25

@@ -415,3 +415,15 @@ def test_serial_backend_trains(tmp_path):
     cfg = config(tmp_path, "cartpole", "--env.backend", "serial", "--env.num-workers", "2")
     result = train(cfg)
     assert result.metrics["agent_steps"] == 1024 and result.metrics["episodes"] > 0
+
+
+def test_return_100_is_the_return_where_the_score_differs(tmp_path):
+    # One-point Pong: an episode scores 1 (won) or 0 (lost) and returns +1 or -1, so over the
+    # same episodes the mean return is 2 * the mean score - 1.
+    result = train(
+        config(tmp_path, "pong", "--env.options.points_to_win", "1", "--env.options.frameskip", "8")
+    )
+    for m in result.history:
+        if m["episodes"] > 0:
+            assert m["return_100"] == pytest.approx(2 * m["score_100"] - 1)
+    assert any(m["episodes"] > 0 for m in result.history)

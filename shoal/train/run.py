@@ -190,6 +190,9 @@ class Run:
         # Wall seconds of earlier sessions of this run (resumed), and of the whole run so far.
         self.wall_offset = self.wall_time = 0.0
         self.scores = ScoreWindow(100)
+        # The env's return (its summed rewards, before any scaling), which differs from the
+        # score in games that define one (Pong's points won, Snake's length).
+        self.returns = ScoreWindow(100)
         self.time_to_target: float | None = None
         self.history: list[dict[str, Any]] = []
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -215,6 +218,7 @@ class Run:
         self.epoch, self.agent_steps = int(data["epoch"]), int(data["agent_steps"])
         self.wall_offset = self.wall_time = float(data["wall_time"])
         self.scores.load(data["score_window"])
+        self.returns.load(data.get("return_window", []))
         self.time_to_target = data.get("time_to_target")
         rank_rngs = data.get("rng_ranks")
         if self.dist.enabled and rank_rngs and len(rank_rngs) == self.dist.world_size:
@@ -284,6 +288,7 @@ class Run:
             "update": learned["update"],
             "horizon": learned["estimator"].get("horizon"),
             "score_window": self.scores.state(),
+            "return_window": self.returns.state(),
             "time_to_target": self.time_to_target,
             "rng": rng_state(),
             "observation_space": payload["observation_space"],

@@ -346,7 +346,9 @@ def epoch_metrics(
     sps, log = run.dist.merge_epoch_log(run.cfg.train.batch_size / epoch_time, log)
     episodes = float(log.get("episodes", 0.0)) if log else 0.0
     score = float(log["score"]) if episodes > 0 else math.nan
+    episode_return = float(log.get("episode_return", math.nan)) if episodes > 0 else math.nan
     run.scores.add(score, episodes)
+    run.returns.add(episode_return, episodes)
     times = ppo.collector.times
     metrics = {
         "epoch": run.epoch,
@@ -355,7 +357,8 @@ def epoch_metrics(
         "sps": sps,
         "score": score,
         "score_100": run.scores.mean(),
-        "episode_return": float(log.get("episode_return", math.nan)) if episodes > 0 else math.nan,
+        "episode_return": episode_return,
+        "return_100": run.returns.mean(),
         "episode_length": float(log.get("episode_length", math.nan)) if episodes > 0 else math.nan,
         "episodes": episodes,
         "learning_rate": ppo.learner.current_lr(),
