@@ -5,6 +5,7 @@
     python benchmarks/suite.py --budget 150 --out benchmarks/results/suite
     python benchmarks/suite.py HalfCheetah-v5 --references sb3          # skip the zoo reference
     python benchmarks/suite.py --plot-only benchmarks/results/suite     # redraw table + plots from JSON
+    python benchmarks/suite.py LunarLander-v3 --rerun sb3 --out benchmarks/results/suite  # redo one run
 
 The default suite: CartPole-v1, LunarLander-v3, MountainCarContinuous-v0, HalfCheetah-v5, Ant-v5
 (Gymnasium ids: Shoal trains `gym:ID`), pong and snake (Shoal's C envs). For every env and seed,
@@ -670,11 +671,30 @@ def run_line(record: dict[str, Any]) -> str:
     )
 
 
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods or any(m not in METHODS for m in methods):
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(METHODS)}, got {text!r}")
+    return methods
+
+
+def replace_run(data: dict[str, Any], record: dict[str, Any]) -> None:
+    """Put `record` in place of the run of the same env, method and seed (appended if none)."""
+    same = ("env", "method", "seed")
+    for i, old in enumerate(data["runs"]):
+        if all(old.get(k) == record.get(k) for k in same):
+            data["runs"][i] = record
+            return
+    data["runs"].append(record)
+
+
 def run_env(env: str, args: argparse.Namespace, data: dict[str, Any], out: Path) -> None:
-    """Every seed and method of `env`, saving suite.json after each run; a missing Box2D/MuJoCo
-    ends the env early, recorded as skipped."""
+    """Every seed and method of `env` (only those of --rerun, when given), saving suite.json
+    after each run; a missing Box2D/MuJoCo ends the env early, recorded as skipped."""
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for method in methods_for(env, args.references):
+            if args.rerun is not None and method not in args.rerun:
+                continue
             record = launch(method, env, seed, args.budget, args.threads, out / "logs")
             if record["status"] == "missing_dependency":
                 message = f"{env}: {record.get('message')}; install it with `{ENVS_EXTRA}`"
@@ -682,7 +702,8 @@ def run_env(env: str, args: argparse.Namespace, data: dict[str, Any], out: Path)
                 data["skipped"][env] = message
                 write_json(out / "suite.json", data)
                 return
-            data["runs"].append(record)
+            record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            replace_run(data, record)
             print(run_line(record), flush=True)
             if record["status"] == "crash":
                 print(f"  worker crashed (exit {record['exit_code']}); stderr tail:", flush=True)
@@ -937,11 +958,40 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--threads", type=int, default=None, help="torch threads (default: SB3 min(2, cores); Shoal its own)"
     )
     parser.add_argument("--plot-only", metavar="DIR", help="redraw table and plots from DIR/suite.json")
+    parser.add_argument(
+        "--rerun",
+        type=parse_methods,
+        default=None,
+        metavar="METHODS",
+        help="run only these methods (comma list of shoal,sb3,zoo) of the named envs again, "
+        "replacing their runs in --out's suite.json (e.g. one disturbed by another process)",
+    )
     parser.add_argument("--worker", nargs=5, metavar="X", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rerun is not None and not args.envs:
+        parser.error("--rerun needs the envs whose runs it repeats")
     if args.budget <= 0 or args.seeds < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--budget, --seeds and --threads must be positive")
     return args
+
+
+def rerun(args: argparse.Namespace, envs: list[str], out: Path) -> int:
+    """--rerun: repeat some methods' runs into an existing suite.json, noting which and when."""
+    path = out / "suite.json"
+    if not path.is_file():
+        print(f"--rerun: no {path} to update (run the suite with --out {out} first)")
+        return 2
+    data = json.loads(path.read_text())
+    if args.budget != data["settings"]["budget"]:
+        print(f"--rerun: --budget {args.budget:g} differs from the suite's {data['settings']['budget']:g}")
+        return 2
+    data["settings"].setdefault("reruns", []).append(
+        {"envs": envs, "methods": args.rerun, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    )
+    for env in envs:
+        run_env(env, args, data, out)
+    report(data, out)
+    return 1 if any(r.get("status") == "crash" for r in data["runs"]) else 0
 
 
 def run_suite(args: argparse.Namespace) -> int:
@@ -951,6 +1001,8 @@ def run_suite(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     envs = args.envs or DEFAULT_ENVS
+    if args.rerun is not None:
+        return rerun(args, envs, out)
     data: dict[str, Any] = {
         "settings": {
             "envs": envs,

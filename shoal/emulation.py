@@ -177,16 +177,42 @@ class ObsFlattener:
     def __call__(self, batch: Any) -> Any:
         return self.unflatten(batch)
 
+    def leaf_blocks(self) -> list[tuple[str, spaces.Space, slice]]:
+        """(where, leaf space, its columns in the flat row) of every leaf, in row order; `where`
+        names the leaf as a user would ("observation['pixels']")."""
+        paths = _iter_leaf_paths(self.original_space, "observation")
+        return [
+            (path, space, slice(leaf.offset, leaf.offset + leaf.size))
+            for leaf, (path, space) in zip(self._leaves, paths, strict=True)
+        ]
+
 
 def _iter_leaf_spaces(space: spaces.Space):
+    for _, leaf in _iter_leaf_paths(space, ""):
+        yield leaf
+
+
+def _iter_leaf_paths(space: spaces.Space, where: str):
+    # The order of ObsFlattener._build, which lays the leaves out in the row.
     if isinstance(space, spaces.Dict):
-        for sub in space.spaces.values():
-            yield from _iter_leaf_spaces(sub)
+        for key, sub in space.spaces.items():
+            yield from _iter_leaf_paths(sub, f"{where}[{key!r}]")
     elif isinstance(space, spaces.Tuple):
-        for sub in space.spaces:
-            yield from _iter_leaf_spaces(sub)
+        for i, sub in enumerate(space.spaces):
+            yield from _iter_leaf_paths(sub, f"{where}[{i}]")
     else:
-        yield space
+        yield where, space
+
+
+def structured_observation_space(env: Any) -> spaces.Space:
+    """The observation space `env`'s flat rows were flattened from (an image Box, a Dict, ...):
+    what a policy needs to know to read images. A vector backend (shoal.vector) passes on its
+    envs' `unflatten`, the ObsFlattener that knows it. Envs that flatten nothing (the native
+    ones) have their flat space."""
+    space = getattr(env, "structured_observation_space", None)
+    if space is None:
+        space = getattr(getattr(env, "unflatten", None), "original_space", None)
+    return space if space is not None else env.single_observation_space
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +397,11 @@ class _EmulatedVecEnv:
         self.actions_converter = ActionConverter(action_space)
         self.single_observation_space: spaces.Box = self.flattener.space
         self.single_action_space: spaces.Space = self.actions_converter.space
-        self.unflatten = self.flattener.unflatten
+        # The space before flattening, for a policy that reads images (see
+        # structured_observation_space); `unflatten` is the flattener itself (it is callable), so
+        # that the vector backends, which pass it on, carry the space too.
+        self.structured_observation_space: spaces.Space = obs_space
+        self.unflatten = self.flattener
         n, size = self.num_agents, self.flattener.size
         self.observations = np.zeros((n, size), dtype=self.flattener.dtype)
         self.final_observations = np.zeros((n, size), dtype=self.flattener.dtype)
@@ -768,4 +798,5 @@ __all__ = [
     "check_actions",
     "make_gymnasium",
     "make_pettingzoo",
+    "structured_observation_space",
 ]

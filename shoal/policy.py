@@ -1,8 +1,11 @@
-"""The actor-critic policy: MLP encoder, optional LSTM core, actor and critic heads.
+"""The actor-critic policy: an encoder (MLP, or a CNN for images), optional LSTM core, actor and
+critic heads.
 
 Layers are kept in separate, named modules so that a parametrization (muP) can address them:
 ``encoder.input`` (observation -> hidden), ``encoder.hidden[i]`` and the LSTM (hidden matrices),
-``actor`` and ``critic`` (heads). :meth:`Policy.parameter_groups` returns them by role.
+``actor`` and ``critic`` (heads). :meth:`Policy.parameter_groups` returns them by role. Image
+observations (``policy.encoder``; shoal.encoders) go through a CNN instead of the MLP encoder:
+its first convolution is the input layer, the other layers are hidden.
 
 An optional auxiliary head (``aux_head``, built by whoever needs it, e.g. a research advantage
 estimator) is held as a submodule so that it is saved, optimized, broadcast and compiled with
@@ -26,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shoal.core.config import PolicyConfig
+from shoal.core.config import ConfigError, PolicyConfig
+from shoal.encoders import VECTOR_WIDTH, ConvEncoder, EncoderChoice, choose_encoder
 from shoal.mup import apply_mup
 
 # (count, mean, variance) of a batch -> those of the batch merged with others (data parallel).
@@ -97,6 +101,9 @@ class Encoder(nn.Module):
     are nearly always 1) takes thousands of updates to matter; standardized features do not.
     """
 
+    # Names (relative to this module) of the layers that read observations: muP's input role.
+    input_prefixes = ("input.",)
+
     def __init__(
         self,
         obs_size: int,
@@ -121,6 +128,11 @@ class Encoder(nn.Module):
             self.register_buffer("obs_count", torch.zeros((), dtype=torch.float64))
         self.input = nn.Linear(obs_size, hidden_size)
         self.hidden = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers - 1))
+
+    def init_weights(self) -> None:
+        for layer in [self.input, *self.hidden]:
+            nn.init.orthogonal_(layer.weight, math.sqrt(2))
+            nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.to(self.input.weight.dtype)
@@ -188,7 +200,7 @@ class LSTMWeights(nn.Module):
 
 
 class Policy(nn.Module):
-    """Actor-critic network for a flat observation and a Discrete/MultiDiscrete/Box action."""
+    """Actor-critic network for flat observation rows and a Discrete/MultiDiscrete/Box action."""
 
     def __init__(
         self,
@@ -200,20 +212,35 @@ class Policy(nn.Module):
         activation: str = "gelu",
         obs_norm: bool = False,
         aux_head: nn.Module | None = None,
+        encoder: str = "auto",
+        structured_space: gymnasium.Space | None = None,
     ) -> None:
         """`aux_head`: an auxiliary head on the features (see the module docstring), already
-        initialized; None for none."""
+        initialized; None for none.
+
+        `observation_space` is the Box of the rows the policy reads (flattened to
+        ``[N, obs_size]``). `structured_space` is the space they were flattened from
+        (shoal.emulation.structured_observation_space: an image Box, a Dict holding one, ...);
+        None when it is `observation_space` itself. `encoder` is policy.encoder
+        (shoal.encoders.choose_encoder); :attr:`encoder_name` is what it resolved to.
+        """
         super().__init__()
         if not isinstance(observation_space, gymnasium.spaces.Box):
             raise TypeError(
                 f"the policy expects a Box observation space, got {type(observation_space).__name__}"
             )
         self.obs_size = int(np.prod(observation_space.shape))
-        obs_scale = uint8_scale(observation_space)
+        self.structured_space = observation_space if structured_space is None else structured_space
         self.spec = action_spec(action_space)
         self.hidden_size = hidden_size
         self.use_lstm = lstm
-        self.encoder = Encoder(self.obs_size, hidden_size, num_layers, obs_scale, activation, obs_norm)
+        choice = choose_encoder(encoder, self.structured_space, self.obs_size, obs_norm)
+        self.encoder_name = choice.name
+        if choice.name == "mlp":
+            obs_scale = uint8_scale(observation_space)
+            self.encoder = Encoder(self.obs_size, hidden_size, num_layers, obs_scale, activation, obs_norm)
+        else:
+            self.encoder = conv_encoder(choice, observation_space, hidden_size, activation, obs_norm)
         self.lstm = LSTMWeights(hidden_size, hidden_size) if lstm else None
         self.actor = nn.Linear(hidden_size, self.spec.logits_size)
         self.critic = nn.Linear(hidden_size, 1)
@@ -228,9 +255,7 @@ class Policy(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for layer in [self.encoder.input, *self.encoder.hidden]:
-            nn.init.orthogonal_(layer.weight, math.sqrt(2))
-            nn.init.zeros_(layer.bias)
+        self.encoder.init_weights()
         if self.lstm is not None:
             for name, param in self.lstm.named_parameters():
                 if "weight" in name:
@@ -246,8 +271,11 @@ class Policy(nn.Module):
     # ---- parameter roles (optimizers, muP) ----
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Named parameters by role: "input", "hidden" (2-D hidden matrices), "output" (heads,
-        the auxiliary head's matrices included), "other" (biases and log-std)."""
+        """Named parameters by role: "input" (the layers that read observations: the MLP's first
+        layer, a CNN's first convolution), "hidden" (hidden matrices and the other convolutions'
+        kernels), "output" (heads, the auxiliary head's matrices included), "other" (biases and
+        log-std)."""
+        inputs = tuple(f"encoder.{prefix}" for prefix in self.encoder.input_prefixes)
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {
             "input": [],
             "hidden": [],
@@ -257,7 +285,7 @@ class Policy(nn.Module):
         for name, param in self.named_parameters():
             if param.ndim < 2:
                 groups["other"].append((name, param))
-            elif name.startswith("encoder.input"):
+            elif name.startswith(inputs):
                 groups["input"].append((name, param))
             elif name.startswith(("actor.", "critic.", "aux_head.")):
                 groups["output"].append((name, param))
@@ -371,6 +399,26 @@ class Policy(nn.Module):
         return self.step(obs, state)[1]
 
 
+def conv_encoder(
+    choice: EncoderChoice,
+    observation_space: gymnasium.spaces.Box,
+    hidden_size: int,
+    activation: str,
+    obs_norm: bool,
+) -> ConvEncoder:
+    """The CNN encoder of `choice`, with an MLP encoder for the vector part of a Dict observation
+    (standardized by policy.obs_norm; scaled like the MLP's input when the rows are uint8)."""
+    assert choice.image is not None
+    vector = None
+    if choice.vector_columns:
+        columns = list(choice.vector_columns)
+        low = np.asarray(observation_space.low).reshape(-1)[columns]
+        high = np.asarray(observation_space.high).reshape(-1)[columns]
+        part = gymnasium.spaces.Box(low, high, dtype=observation_space.dtype)
+        vector = Encoder(len(columns), VECTOR_WIDTH, 1, uint8_scale(part), activation, obs_norm)
+    return ConvEncoder(choice, hidden_size, uint8_scale(choice.image.space), vector, VECTOR_WIDTH)
+
+
 def _lstm_update(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # The cell state is kept in float32 even under bfloat16 autocast: it integrates over the
     # whole episode and low precision there drifts.
@@ -442,16 +490,40 @@ def evaluate_actions(
     return log_prob, entropy
 
 
+def resolve_encoder(
+    policy_cfg: PolicyConfig,
+    observation_space: gymnasium.spaces.Box,
+    structured_space: gymnasium.Space | None = None,
+) -> EncoderChoice:
+    """What policy.encoder resolves to for rows of `observation_space` flattened from
+    `structured_space` (None: not flattened); ConfigError when it cannot read them, or when
+    another policy key does not go with it."""
+    structured = observation_space if structured_space is None else structured_space
+    obs_size = int(np.prod(observation_space.shape))
+    obs_norm = getattr(policy_cfg, "obs_norm", False)
+    choice = choose_encoder(getattr(policy_cfg, "encoder", "auto"), structured, obs_size, obs_norm)
+    if choice.name != "mlp" and getattr(policy_cfg, "parametrization", "standard") == "mup":
+        raise ConfigError(
+            "policy.parametrization = 'mup' is for the MLP encoder (its rules know its input, hidden "
+            f"and output matrices), but policy.encoder resolved to {choice.name!r} for image "
+            "observations: set policy.parametrization = 'standard', or policy.encoder = 'mlp'"
+        )
+    return choice
+
+
 def make_policy(
     observation_space: gymnasium.Space,
     action_space: gymnasium.Space,
     policy_cfg: PolicyConfig,
     aux_head: nn.Module | None = None,
+    structured_space: gymnasium.Space | None = None,
 ) -> Policy:
-    """Build the policy a `PolicyConfig` describes, holding `aux_head` (see :class:`Policy`).
+    """Build the policy a `PolicyConfig` describes, holding `aux_head` (see :class:`Policy`), for
+    rows of `observation_space` flattened from `structured_space` (None: not flattened).
 
     Under muP the auxiliary head is rescaled with the other heads.
     """
+    resolve_encoder(policy_cfg, observation_space, structured_space)
     policy = Policy(
         observation_space,
         action_space,
@@ -461,6 +533,8 @@ def make_policy(
         activation=policy_cfg.activation,
         obs_norm=getattr(policy_cfg, "obs_norm", False),
         aux_head=aux_head,
+        encoder=getattr(policy_cfg, "encoder", "auto"),
+        structured_space=structured_space,
     )
     if getattr(policy_cfg, "parametrization", "standard") == "mup":
         apply_mup(policy, policy_cfg.base_width)

@@ -19,6 +19,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("shoal.emulation", 1),
     ("shoal.render", 1),
     ("shoal.policy", 2),
+    ("shoal.encoders", 2),
     ("shoal.mup", 2),
     ("shoal.train", 3),
     ("shoal.sweep", 4),

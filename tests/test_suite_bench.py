@@ -301,3 +301,16 @@ def test_missing_dependency_skips_the_env_and_keeps_going(bench, monkeypatch, tm
     assert 'pip install -e ".[envs]"' in data["skipped"]["LunarLander-v3"]
     assert len(data["runs"]) == 4
     assert json.loads((tmp_path / "suite.json").read_text())["skipped"] == data["skipped"]
+
+
+def test_a_rerun_replaces_the_run_of_the_same_env_method_and_seed(bench) -> None:
+    first = {"env": "a", "method": "sb3", "seed": 0, "x": 1}
+    data = {"runs": [first, {"env": "a", "method": "shoal", "seed": 0}]}
+    bench.replace_run(data, {"env": "a", "method": "sb3", "seed": 0, "x": 2})
+    bench.replace_run(data, {"env": "a", "method": "sb3", "seed": 1, "x": 3})
+    assert [(r["method"], r["seed"], r.get("x")) for r in data["runs"]] == [
+        ("sb3", 0, 2),
+        ("shoal", 0, None),
+        ("sb3", 1, 3),
+    ]
+    assert bench.parse_methods("sb3, zoo") == ["sb3", "zoo"]

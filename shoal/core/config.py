@@ -69,6 +69,10 @@ class PolicyConfig:
     obs_norm: bool = False
     parametrization: Literal["standard", "mup"] = "standard"
     base_width: int = 128
+    # What reads the observations (docs/pixels.md): "auto" (a CNN for an image observation, a
+    # uint8 Box HxWxC or CxHxW alone or in a Dict: "nature", or "impala" for frames under 36x36;
+    # the MLP otherwise), "mlp", "nature" (Mnih et al. 2015) or "impala" (Espeholt et al. 2018).
+    encoder: Literal["auto", "mlp", "nature", "impala"] = "auto"
 
 
 @dataclass

@@ -26,6 +26,10 @@ FORMAT = 2
 # The oldest format this Shoal still reads (load_file and learner_state translate older keys).
 OLDEST_FORMAT = 1
 REQUIRED_KEYS = ("model", "config", "observation_space", "action_space")
+# The space the observation rows were flattened from (an image Box, a Dict), which decides the
+# policy's encoder; only in files whose policy had one that differs from the rows' flat Box.
+# Files without it rebuild the policy from the flat Box, as the Shoal that wrote them did.
+STRUCTURED_KEY = "structured_observation_space"
 
 
 class CheckpointError(ValueError):
@@ -60,6 +64,13 @@ def describe_space(space: gymnasium.Space) -> dict[str, Any]:
             "low": np.asarray(space.low, dtype=np.float64).reshape(-1).tolist(),
             "high": np.asarray(space.high, dtype=np.float64).reshape(-1).tolist(),
         }
+    if isinstance(space, gymnasium.spaces.MultiBinary):
+        return {"type": "MultiBinary", "shape": list(space.shape)}
+    if isinstance(space, gymnasium.spaces.Dict):
+        # A list of pairs: rebuilt in this order, which is the order of the flat row.
+        return {"type": "Dict", "spaces": [[key, describe_space(sub)] for key, sub in space.spaces.items()]}
+    if isinstance(space, gymnasium.spaces.Tuple):
+        return {"type": "Tuple", "spaces": [describe_space(sub) for sub in space.spaces]}
     raise TypeError(f"cannot describe space {space!r}")
 
 
@@ -75,13 +86,19 @@ def build_space(data: dict[str, Any]) -> gymnasium.Space:
         low = np.asarray(data["low"]).reshape(shape).astype(dtype)
         high = np.asarray(data["high"]).reshape(shape).astype(dtype)
         return gymnasium.spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
+    if kind == "MultiBinary":
+        return gymnasium.spaces.MultiBinary(data["shape"])
+    if kind == "Dict":
+        return gymnasium.spaces.Dict([(key, build_space(sub)) for key, sub in data["spaces"]])
+    if kind == "Tuple":
+        return gymnasium.spaces.Tuple([build_space(sub) for sub in data["spaces"]])
     raise ValueError(f"unknown space type {kind!r} in checkpoint")
 
 
 def model_payload(
     policy: Policy, cfg: Config, obs_space: gymnasium.Space, act_space: gymnasium.Space
 ) -> dict:
-    return {
+    payload = {
         "format": FORMAT,
         "shoal_version": shoal_version(),
         "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
@@ -89,6 +106,10 @@ def model_payload(
         "observation_space": describe_space(obs_space),
         "action_space": describe_space(act_space),
     }
+    structured = getattr(policy, "structured_space", obs_space)
+    if structured != obs_space:
+        payload[STRUCTURED_KEY] = describe_space(structured)
+    return payload
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = CHECKPOINT) -> Path:
@@ -246,8 +267,9 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
         config = from_dict(data["config"])
         obs_space = build_space(data["observation_space"])
         act_space = build_space(data["action_space"])
+        structured = build_space(data[STRUCTURED_KEY]) if STRUCTURED_KEY in data else None
         aux_head = make_estimator(config.train, config.policy.hidden_size).aux_head
-        policy = make_policy(obs_space, act_space, config.policy, aux_head)
+        policy = make_policy(obs_space, act_space, config.policy, aux_head, structured)
         policy.load_state_dict(data["model"])
     except (ValueError, TypeError, KeyError, RuntimeError) as e:
         # A config or weights this Shoal cannot rebuild: most likely another version wrote them.

@@ -27,6 +27,8 @@ import gymnasium
 import numpy as np
 
 from shoal.core.config import CONFIG_DIR, Config, ConfigError, env_file_stem, set_key
+from shoal.emulation import structured_observation_space
+from shoal.encoders import choose_encoder
 from shoal.envs.registry import make
 
 # Seconds of random stepping that measure the env's speed and episode length.
@@ -38,6 +40,9 @@ PROBE_ACTION_BLOCK = 256
 MULTIPROCESSING_STEP_SECONDS = 1e-3
 # The smallest minibatch worth a gradient step (below it, fixed per-step costs dominate).
 MIN_MINIBATCH = 64
+# Frames per forward/backward of a CNN (larger minibatches accumulate gradients): 1024 frames of
+# 84x84 keep the Nature CNN's activations within a few hundred MB.
+IMAGE_MAX_MINIBATCH = 1024
 
 
 class Derived(NamedTuple):
@@ -81,6 +86,14 @@ class EnvProfile:
     episode_length_source: str
     mean_abs_reward: float  # per agent step, under random actions
     cores: int
+    # The space the rows were flattened from (an image Box, a Dict holding one); None = the
+    # observation space itself.
+    structured_space: gymnasium.Space | None = None
+
+    def encoder(self) -> str:
+        """What policy.encoder = "auto" resolves to for this env: "mlp", "nature" or "impala"."""
+        space = self.observation_space if self.structured_space is None else self.structured_space
+        return choose_encoder("auto", space, int(np.prod(self.observation_space.shape))).name
 
 
 def has_recipe_file(env_name: str) -> bool:
@@ -127,6 +140,7 @@ def probe_env(
             episode_length_source=source,
             mean_abs_reward=abs_reward / max(agent_steps, 1),
             cores=available_cores(),
+            structured_space=structured_observation_space(env),
         )
     finally:
         env.close()
@@ -216,23 +230,39 @@ def _with(cfg: Config, values: dict[str, Derived]) -> Config:
 
 
 def _policy(profile: EnvProfile, cfg: Config, explicit: frozenset[str]) -> dict[str, Derived]:
-    obs_size = int(np.prod(profile.observation_space.shape))
-    width = 64 if obs_size <= 256 else 256
+    encoder = profile.encoder()
+    values = _image_policy(profile, encoder) if encoder != "mlp" else _mlp_policy(profile)
+    values["policy.lstm"] = Derived(
+        False, "feed-forward: the observation is taken to be the state (set policy.lstm = true for memory)"
+    )
     lstm = cfg.policy.lstm if "policy.lstm" in explicit else False
-    values = {
-        "policy.lstm": Derived(
-            False,
-            "feed-forward: the observation is taken to be the state (set policy.lstm = true for memory)",
-        ),
-        "policy.hidden_size": Derived(width, f"an MLP this wide reads {obs_size} observation numbers"),
-        "policy.num_layers": Derived(2, "two hidden layers, the usual MLP for state observations"),
-        "policy.activation": Derived("tanh", "bounded activations keep an MLP with orthogonal init stable"),
-    }
     if lstm:
         values["train.bptt_horizon"] = Derived(16, "the LSTM learns from segments of 16 steps")
     else:
         values["train.bptt_horizon"] = Derived(1, "no memory: minibatches draw single steps, not segments")
     return values
+
+
+def _mlp_policy(profile: EnvProfile) -> dict[str, Derived]:
+    obs_size = int(np.prod(profile.observation_space.shape))
+    width = 64 if obs_size <= 256 else 256
+    return {
+        "policy.hidden_size": Derived(width, f"an MLP this wide reads {obs_size} observation numbers"),
+        "policy.num_layers": Derived(2, "two hidden layers, the usual MLP for state observations"),
+        "policy.activation": Derived("tanh", "bounded activations keep an MLP with orthogonal init stable"),
+    }
+
+
+def _image_policy(profile: EnvProfile, encoder: str) -> dict[str, Derived]:
+    space = profile.observation_space if profile.structured_space is None else profile.structured_space
+    frames = f"image observations ({space}) go through the {encoder} CNN (policy.encoder = auto)"
+    return {
+        "policy.hidden_size": Derived(512, f"{frames}, then 512 features, as in the Nature DQN"),
+        "train.max_minibatch_size": Derived(
+            IMAGE_MAX_MINIBATCH,
+            f"at most {IMAGE_MAX_MINIBATCH} frames per forward/backward keeps the CNN's activations small",
+        ),
+    }
 
 
 def tier_of(steps_per_second: float) -> Tier:

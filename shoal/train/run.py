@@ -27,6 +27,7 @@ from shoal.train import distributed
 from shoal.train.checkpoint import (
     CHECKPOINT,
     MODEL,
+    STRUCTURED_KEY,
     CheckpointError,
     atomic_torch_save,
     learner_state,
@@ -298,6 +299,8 @@ class Run:
             "learner": learned,
             **ranks,
         }
+        if STRUCTURED_KEY in payload:
+            state[STRUCTURED_KEY] = payload[STRUCTURED_KEY]
         if self.trained.reward_scaler is not None:
             state["reward_scaler"] = self.trained.reward_scaler.state_dict()
         atomic_torch_save(state, self.dir / CHECKPOINT)

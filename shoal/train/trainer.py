@@ -30,12 +30,13 @@ from typing import Any
 
 import torch
 
-from shoal.core.config import Config
+from shoal.core.config import Config, ConfigError
 from shoal.core.hardware import resolve_device, resolve_precision
 from shoal.core.names import is_emulated
+from shoal.emulation import structured_observation_space
 from shoal.envs.registry import make
 from shoal.mup import regroup
-from shoal.policy import Policy, make_policy
+from shoal.policy import Policy, make_policy, resolve_encoder
 from shoal.train import accel, distributed, launch, recipe, threads
 from shoal.train.advantage import AdvantageEstimator, make_estimator
 from shoal.train.cuda_graph import use_cuda_graph
@@ -152,6 +153,7 @@ def _train(
         cleanup.callback(env.close)
         recipe.check_spaces(cfg.env.name, env.single_observation_space, env.single_action_space)
         steps_per_agent, total_epochs = validate(cfg, env.num_agents, dist.world_size)
+        check_policy(cfg, env)
         estimator = make_estimator(tcfg, cfg.policy.hidden_size)
         if run_dir is None:
             # Made only once the config is known to be valid, so a mistake leaves no empty folder.
@@ -212,6 +214,19 @@ def make_env(cfg: Config, seed: int | None = None) -> Any:
     )
 
 
+def check_policy(cfg: Config, env: Any) -> None:
+    """ConfigError, before the run folder exists, when the policy as configured cannot read the
+    env's observations (policy.encoder and the keys that depend on it)."""
+    structured = structured_observation_space(env)
+    choice = resolve_encoder(cfg.policy, env.single_observation_space, structured)
+    if cfg.train.optimizer == "muon" and choice.name != "mlp":
+        # torch's Muon takes only 2-D matrices, and a CNN's kernels are 4-D.
+        raise ConfigError(
+            f"train.optimizer = 'muon' needs the MLP encoder, but policy.encoder resolved to "
+            f"{choice.name!r} for image observations: use train.optimizer = 'adam' or 'adamw'"
+        )
+
+
 def build(
     cfg: Config,
     env: Any,
@@ -223,8 +238,9 @@ def build(
 ) -> PPO:
     """The policy, its optimizers, the buffer, the Collector and the Learner."""
     tcfg = cfg.train
-    obs_space = env.single_observation_space
-    policy = make_policy(obs_space, env.single_action_space, cfg.policy, estimator.aux_head).to(device)
+    obs_space, structured = env.single_observation_space, structured_observation_space(env)
+    policy = make_policy(obs_space, env.single_action_space, cfg.policy, estimator.aux_head, structured)
+    policy = policy.to(device)
     dist.broadcast_module(policy)
     optimizers = regroup(make_optimizer(policy, tcfg), policy)  # muP learning-rate multipliers
     precision = resolve_precision(tcfg.precision, device)
