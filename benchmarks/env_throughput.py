@@ -3,12 +3,14 @@
     python benchmarks/env_throughput.py            # ~3 s per measurement
     python benchmarks/env_throughput.py --quick    # ~0.5 s per measurement
     python benchmarks/env_throughput.py --envs breakout --threads 1 2 4
+    python benchmarks/env_throughput.py --envs breakout --no-multiprocessing --pixels
 
 Random actions are drawn once up front and cycled, so the figures measure the envs, not NumPy's
 generator. Single-agent games run 4096 envs; multi-agent games run as many envs as give about
 4096 agents. When `pufferlib` is importable, its C Breakout is measured the same way as the
 in-run reference; otherwise the reference figure measured on this project's machine is printed,
-labelled as such.
+labelled as such. With --pixels, breakout is also measured with obs="pixels" (4 stacked 84x84
+frames drawn in C), next to its vector figure from the same run.
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ def time_steps(
             return steps * agents / (now - start)
 
 
-def bench_native(name: str, threads: int, seconds: float) -> tuple[int, float]:
+def bench_native(name: str, threads: int, seconds: float, **options: Any) -> tuple[int, float]:
     num_envs = envs_for(name)
-    env = shoal.make(name, num_envs=num_envs, seed=0, num_threads=threads)
+    env = shoal.make(name, num_envs=num_envs, seed=0, num_threads=threads, **options)
     actions = random_action_sets(env.single_action_space, env.num_agents)
     sps = time_steps(env.step, actions, env.num_agents, seconds)
     env.close()
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", nargs="*", type=int, default=[1, 2], help="thread counts")
     parser.add_argument("--workers", type=int, default=2, help="workers for the multiprocessing backend")
     parser.add_argument("--no-multiprocessing", action="store_true", help="skip the multiprocessing backend")
+    parser.add_argument("--pixels", action="store_true", help="also measure breakout with obs='pixels'")
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 3.0)
     unknown = [name for name in args.envs if name not in GAMES]
@@ -168,9 +171,26 @@ def main(argv: list[str] | None = None) -> int:
             f"\nPufferLib 3.0 Breakout, 1 core: {fmt(puffer).strip()} ({label}); "
             f"Shoal breakout 1 thread: {fmt(ours).strip()} = {ours / puffer:.2f}x"
         )
+    if args.pixels:
+        print_pixels(args.threads, seconds, results)
     for note in notes:
         print(f"note: {note}")
     return 0
+
+
+def print_pixels(thread_counts: list[int], seconds: float, results: dict[tuple[str, str], float]) -> None:
+    """Breakout with obs="pixels" against its vector figure, per thread count."""
+    print("\nbreakout, obs=pixels (4 x 84 x 84 uint8, drawn in C) against obs=vector:")
+    for threads in thread_counts:
+        vector_sps = results.get(("breakout", f"{threads}"))
+        if vector_sps is None:
+            _, vector_sps = bench_native("breakout", threads, seconds)
+        _, pixel_sps = bench_native("breakout", threads, seconds, obs="pixels")
+        print(
+            f"  {threads} thread{'s' if threads > 1 else ' '}: vector {fmt(vector_sps).strip()}, "
+            f"pixels {fmt(pixel_sps).strip()} ({vector_sps / pixel_sps:.1f}x slower)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

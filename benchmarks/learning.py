@@ -5,6 +5,8 @@
     python benchmarks/learning.py breakout --seeds 3
     python benchmarks/learning.py breakout --seeds 1 --minutes 1 -- --train.total-steps 5000000
     python benchmarks/learning.py breakout --out benchmarks/results/processes2 -- --train.processes 2
+    python benchmarks/learning.py atari-pong --minutes 30 --seeds 3 --target 18    # benchmarks/atari.py
+    python benchmarks/learning.py atari-breakout --minutes 60 --references none
 
 Each run trains with shoal/configs/<env>.toml (plus any config flags after `--`), then the script
 prints and saves (in --out) a JSON summary and PNG curves of score against agent steps and
@@ -373,8 +375,17 @@ def run_processes(env: str, processes: int, overrides: list[str], folder: Path) 
     return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
 
 
+# Atari from pixels lives in benchmarks/atari.py (Shoal vs SB3 with the RL Zoo's Atari settings,
+# same wall budget); these names hand the rest of the command line to it.
+ATARI = {"atari-pong": "ALE/Pong-v5", "atari-breakout": "ALE/Breakout-v5"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ATARI:
+        import atari
+
+        return atari.main([ATARI[argv[0]], *argv[1:]])
     flags: list[str] = []
     if "--" in argv:
         cut = argv.index("--")

@@ -156,6 +156,26 @@ ZOO: dict[str, dict[str, Any]] = {
     # SB3's PPO defaults with VecNormalize, 1 env.
     "Ant-v5": {"zoo_key": "Ant-v4", "normalize": True, "n_timesteps": 1_000_000, "policy": "MlpPolicy"},
 }
+# The zoo's one entry for every Atari game ("atari" in the same file): AtariWrapper (30 no-ops,
+# frame skip 4 with max-pooling, life loss as episode end, FIRE on reset, reward clipping, 84x84
+# grayscale), a stack of 4 frames, the Nature CNN. The zoo trains NoFrameskip-v4 ids; for ALE/*-v5
+# ids the base env is made with frameskip=1 (the wrapper skips) and keeps v5's sticky actions,
+# which Shoal's runs of the same id have too.
+ZOO_ATARI: dict[str, Any] = {
+    "zoo_key": "atari",
+    "env_wrapper": "AtariWrapper",
+    "frame_stack": 4,
+    "policy": "CnnPolicy",
+    "n_envs": 8,
+    "n_steps": 128,
+    "n_epochs": 4,
+    "batch_size": 256,
+    "n_timesteps": 10_000_000,
+    "learning_rate": "lin_2.5e-4",
+    "clip_range": "lin_0.1",
+    "vf_coef": 0.5,
+    "ent_coef": 0.01,
+}
 # What the JSON keeps of the config a Shoal run used (its run folder's config.json).
 SHOAL_KEYS = (
     "env.recipe",
@@ -187,14 +207,24 @@ def is_gym(env: str) -> bool:
     return "-v" in env
 
 
+def is_atari(env: str) -> bool:
+    """ALE/Game-v5 and the older GameNoFrameskip-v4 ids."""
+    return env.startswith("ALE/") or "NoFrameskip" in env
+
+
+def has_zoo(env: str) -> bool:
+    return env in ZOO or is_atari(env)
+
+
 def shoal_name(env: str) -> str:
     return f"gym:{env}" if is_gym(env) else env
 
 
 def methods_for(env: str, references: Sequence[str]) -> list[str]:
-    """shoal, then sb3, then zoo where the zoo publishes settings for the env."""
+    """shoal, then sb3, then zoo where the zoo publishes settings for the env (Atari: the zoo
+    only; SB3's default MlpPolicy on 28,224 pixels is no reference)."""
     wanted = ["shoal", *[m for m in REFERENCES if m in references]]
-    return [m for m in wanted if m != "zoo" or env in ZOO]
+    return [m for m in wanted if (m != "zoo" or has_zoo(env)) and (m != "sb3" or not is_atari(env))]
 
 
 def available_cores() -> int:
@@ -283,7 +313,7 @@ class ZooSetup:
 
 def zoo_hyperparams(env: str) -> dict[str, Any]:
     """The zoo's entry for `env` as the zoo file writes it (CartPole from learning.py)."""
-    hp = dict(ZOO[env])
+    hp = dict(ZOO_ATARI if is_atari(env) else ZOO[env])
     if env == "CartPole-v1":
         hp.update({k: v for k, v in learning().SB3_CARTPOLE.items() if k != "env_id"})
     return hp
@@ -306,6 +336,7 @@ def zoo_setup(hp: dict[str, Any]) -> ZooSetup:
     norm_reward on, gamma = the algorithm's) and PPO's kwargs ("lin_X" as linear schedules)."""
     zoo_value = learning().zoo_value
     skip = {"zoo_key", "env_id", "n_envs", "n_timesteps", "policy", "normalize", "policy_kwargs"}
+    skip |= {"env_wrapper", "frame_stack"}
     kwargs = {key: zoo_value(value) for key, value in hp.items() if key not in skip}
     if "policy_kwargs" in hp:
         kwargs["policy_kwargs"] = resolve_policy_kwargs(hp["policy_kwargs"])
@@ -442,13 +473,15 @@ class ShoalRecorder:
         return wall < self.budget
 
 
-def shoal_config(env: str, seed: int, threads: int | None) -> tuple[Any, dict[str, Any]]:
+def shoal_config(
+    env: str, seed: int, threads: int | None, flags: Sequence[str] = ()
+) -> tuple[Any, dict[str, Any]]:
     """The config `shoal train ENV --train.seed SEED [--train.torch-threads T]` builds (the CLI's
     own derive step), with the OpenMP wait policy put into the environment as the CLI does."""
     from shoal.cli import check_env, prepare_threads, recipe_deriver
     from shoal.core.config import load_config
 
-    overrides = ["--train.seed", str(seed)]
+    overrides = ["--train.seed", str(seed), *flags]
     if threads is not None:
         overrides += ["--train.torch_threads", str(threads)]
     derived: dict[str, Any] = {}
@@ -466,8 +499,10 @@ def dotted(data: dict[str, Any], key: str) -> Any:
     return data.get(section, {}).get(name)
 
 
-def run_shoal(env: str, seed: int, budget: float, threads: int | None, started: float) -> dict[str, Any]:
-    cfg, derived = shoal_config(env, seed, threads)
+def run_shoal(
+    env: str, seed: int, budget: float, threads: int | None, started: float, flags: Sequence[str] = ()
+) -> dict[str, Any]:
+    cfg, derived = shoal_config(env, seed, threads, flags)
     from shoal.train import train  # torch loads here, after the wait policy is set
 
     recorder = ShoalRecorder(budget, started)
@@ -502,10 +537,29 @@ def sb3_env(method: str, env: str, seed: int) -> tuple[Any, str, dict[str, Any],
         return make_vec_env(env, n_envs=1, seed=seed), "MlpPolicy", {}, SB3_FOREVER, {}
     hp = zoo_hyperparams(env)
     setup = zoo_setup(hp)
+    if is_atari(env):
+        vec = zoo_atari_env(env, seed, setup.n_envs)
+        return vec, setup.policy, setup.ppo_kwargs, setup.n_timesteps, {"zoo": hp}
     vec = make_vec_env(env, n_envs=setup.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
     if setup.normalize is not None:
         vec = VecNormalize(vec, **setup.normalize)
     return vec, setup.policy, setup.ppo_kwargs, setup.n_timesteps, {"zoo": hp}
+
+
+def zoo_atari_env(env: str, seed: int, n_envs: int) -> Any:
+    """The zoo's Atari envs: AtariWrapper over each, 8 in a DummyVecEnv, a stack of 4 frames."""
+    from stable_baselines3.common.atari_wrappers import AtariWrapper
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
+
+    from shoal.atari import check_game
+
+    check_game(env)  # registers ale-py's ids
+    env_kwargs = {"frameskip": 1} if env.startswith("ALE/") else {}
+    vec = make_vec_env(
+        env, n_envs, seed=seed, vec_env_cls=DummyVecEnv, wrapper_class=AtariWrapper, env_kwargs=env_kwargs
+    )
+    return VecFrameStack(vec, n_stack=ZOO_ATARI["frame_stack"])
 
 
 def budget_callback(tracker: Any, budget: float) -> Any:
@@ -586,13 +640,21 @@ def is_missing_dependency(error: BaseException) -> bool:
     return isinstance(error, DependencyNotInstalled)
 
 
-def worker_main(method: str, env: str, seed: int, budget: float, outfile: Path, threads: int | None) -> int:
+def worker_main(
+    method: str,
+    env: str,
+    seed: int,
+    budget: float,
+    outfile: Path,
+    threads: int | None,
+    flags: Sequence[str] = (),
+) -> int:
     """One run; its record goes to `outfile`. A missing Box2D/MuJoCo exits 3 with a record
     saying so; any other error is a crash (traceback on stderr, no record)."""
     started = time.perf_counter()
     try:
         if method == "shoal":
-            result = run_shoal(env, seed, budget, threads, started)
+            result = run_shoal(env, seed, budget, threads, started, flags)
         else:
             result = run_sb3(method, env, seed, budget, threads or default_threads(), started)
     except Exception as e:
@@ -624,11 +686,17 @@ def as_text(data: bytes | str | None) -> str:
 
 
 def launch(
-    method: str, env: str, seed: int, budget: float, threads: int | None, logs: Path
+    method: str,
+    env: str,
+    seed: int,
+    budget: float,
+    threads: int | None,
+    logs: Path,
+    flags: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run one worker; its record, with status ok, missing_dependency or crash."""
     record: dict[str, Any] = {"env": env, "method": method, "seed": seed}
-    log = logs / f"{env}_{method}_seed{seed}.log"
+    log = logs / f"{env.replace('/', '_')}_{method}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="suite_worker_") as tmp:
         outfile = Path(tmp) / "result.json"
@@ -636,6 +704,8 @@ def launch(
         cmd += [repr(budget), str(outfile)]
         if threads is not None:
             cmd += ["--threads", str(threads)]
+        if flags:
+            cmd += ["--shoal-flags", json.dumps(list(flags))]
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=3 * budget + 600)
             output, code = as_text(proc.stdout) + as_text(proc.stderr), proc.returncode
@@ -967,6 +1037,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "replacing their runs in --out's suite.json (e.g. one disturbed by another process)",
     )
     parser.add_argument("--worker", nargs=5, metavar="X", help=argparse.SUPPRESS)
+    # Config flags for a Shoal worker (benchmarks/atari.py's `-- FLAGS`), as a JSON list.
+    parser.add_argument("--shoal-flags", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rerun is not None and not args.envs:
         parser.error("--rerun needs the envs whose runs it repeats")
@@ -1030,7 +1102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.worker:
         method, env, seed, budget, outfile = args.worker
-        return worker_main(method, env, int(seed), float(budget), Path(outfile), args.threads)
+        flags = json.loads(args.shoal_flags) if args.shoal_flags else []
+        return worker_main(method, env, int(seed), float(budget), Path(outfile), args.threads, flags)
     if args.plot_only:
         folder = Path(args.plot_only)
         if not (folder / "suite.json").is_file():

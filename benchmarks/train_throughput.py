@@ -12,6 +12,8 @@
         --processes 1 2 --rounds 2                                          # train.processes
     python benchmarks/train_throughput.py --settings lstm128 --num-envs 1024 4096 8192 \
         --precisions bfloat16 --minibatch-size 65536 -- --train.device cuda            # on a GPU
+    python benchmarks/train_throughput.py --settings cnn --envs breakout gym:ALE/Pong-v5 \
+        --precisions float32 bfloat16 --compile off on --epochs 6                      # the CNN grid
 
 Settings:
   default   shoal/configs/breakout.toml as it is (MLP, bfloat16, 1024 envs, batch 65536, 4 update epochs)
@@ -19,6 +21,10 @@ Settings:
             minibatch 32768, 1 update epoch, for each of --precisions (and of --num-envs)
   custom    breakout with each (--precisions x --batch-sizes), minibatch --minibatch-size or
             batch / 8, envs --num-envs (the old form of this script; picked by --batch-sizes)
+  cnn       pixels through the Nature CNN with the recipe `shoal train` derives for images (16
+            envs, batch 2048, minibatch 256, 4 update epochs): a native game in its pixel mode
+            (--env.options.obs pixels, 4 x 84 x 84 frames drawn in C) or an Atari id
+            (gym:ALE/Pong-v5, ale-py in worker processes), for each of --precisions
 --processes N runs a setting as N data-parallel processes (train.processes: the envs, batch and
 minibatch split between them), started as `shoal train` starts them; rank 0 measures.
 Flags after `--` go to every run's config (e.g. `-- --train.torch-threads 1`).
@@ -52,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.core.config import load_config
+from shoal.train import recipe
 from shoal.train import threads as thread_setup
 
 PHASES = ("time_env", "time_inference", "time_copy", "time_learn", "time_other")
@@ -91,6 +98,10 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
     for setting in args.settings:
         if setting == "default":
             out.append({"setting": "default", "precision": None, "batch_size": None, "overrides": []})
+        elif setting == "cnn":
+            for precision in args.precisions:
+                spec = {"setting": "cnn", "precision": precision, "batch_size": None}
+                out.append({**spec, "overrides": ["--train.precision", precision]})
         elif setting == "lstm128":
             for num_envs in args.num_envs or [4096]:
                 # At least 64 steps per agent (one BPTT segment) and 262,144 steps per epoch.
@@ -141,6 +152,8 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     for env, hidden, compiled, s, threads, processes in grid:
         extra = []
+        if s["setting"] == "cnn" and not env.startswith("gym:"):
+            extra += ["--env.options.obs", "pixels"]
         if compiled is not None:
             extra += ["--train.compile", "true" if compiled == "on" else "false"]
         if hidden is not None:
@@ -180,7 +193,9 @@ def run_setting(
         "--train.processes", str(spec.get("processes", 1)),
         *spec["overrides"],
     ]
-    cfg = load_config(spec["env"], overrides + flags)
+    # The CNN setting measures what `shoal train` runs: the recipe derived for image observations.
+    derive = recipe.derive_into if spec["setting"] == "cnn" else None
+    cfg = load_config(spec["env"], overrides + flags, derive=derive)
     cfg.train.total_steps = cfg.train.batch_size * args.epochs
     # The condition of every epoch after the first (warm-up) one cycles through these:
     # (torch threads or None = as configured, busy or not).
@@ -318,6 +333,8 @@ def tuned(row: dict[str, Any]) -> str:
 
 def describe(row: dict[str, Any]) -> str:
     model = f"lstm{row['hidden_size']}" if row["lstm"] else f"mlp{row['hidden_size']}"
+    if row["setting"] == "cnn":
+        model = f"nature cnn {row['hidden_size']}" + (" + lstm" if row["lstm"] else "")
     return (
         f"{row['env']} {row['setting']} ({model}, {row['precision']}, batch {row['batch_size']}, minibatch "
         f"{row['minibatch_size']}, {row['update_epochs']} update epoch(s), {row['num_envs']} envs) | "
@@ -351,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="policy widths to measure (default: each setting's)")
     parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=None,
                         help="train.compile values to measure (default: the config's)")
-    parser.add_argument("--settings", nargs="+", choices=["default", "lstm128", "custom"], default=None,
+    parser.add_argument("--settings", nargs="+", default=None,
+                        choices=["default", "lstm128", "custom", "cnn"],
                         help="default: default lstm128 (custom when --batch-sizes is given)")
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="custom setting")

@@ -503,9 +503,8 @@ def play_episodes(
     agent.reset(np.ones(env.num_agents, dtype=bool))
     while len(scores) < args.episodes and steps < args.max_steps:
         if gif is not None or player is not None:
-            draw_frame(
-                args, env.render(), gif, player, f"episode {len(scores) + 1}/{args.episodes}  step {steps}"
-            )
+            status = f"episode {len(scores) + 1}/{args.episodes}  step {steps}"
+            draw_frame(args, frame_of(env, gif), gif, player, status)
         actions = agent.act(obs, deterministic=args.deterministic)
         obs, _, terminals, truncations, _ = env.step(actions)
         steps += 1
@@ -526,6 +525,14 @@ def play_episodes(
                 flush=True,
             )
     return scores, returns
+
+
+def frame_of(env: VecEnv, gif: GifWriter | None) -> Any:
+    """What to draw of env 0: for a GIF, the real frame where the env draws one (the native
+    games' render_rgb), else the text picture of render()."""
+    if gif is not None and getattr(env, "rgb_shape", None) is not None:
+        return env.render_rgb(0)
+    return env.render()
 
 
 def draw_frame(

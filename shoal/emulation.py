@@ -26,6 +26,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from shoal.atari import is_atari_id, make_atari
 from shoal.core.checks import check_int, check_positive_int, check_seed
 from shoal.core.contract import Batch
 from shoal.core.episodes import EpisodeLog
@@ -361,9 +362,13 @@ class _EpisodeStats:
         self.finished = EpisodeLog()
 
     def finish(self, row: int, info: Mapping[str, Any] | None) -> None:
+        """End row's episode; an env's `info` may give the episode's `score` and, when training
+        sees altered rewards (Atari's clipped ones), its true `episode_return`."""
         episode_return = float(self.returns[row])
+        if info and _is_number(info.get("episode_return")):
+            episode_return = float(info["episode_return"])
         score = episode_return
-        if info and isinstance(info.get("score"), int | float | np.number):
+        if info and _is_number(info.get("score")):
             score = float(info["score"])
         self.finished.add({
             "score": score,
@@ -377,6 +382,16 @@ class _EpisodeStats:
     def restart(self, rows: slice | np.ndarray) -> None:
         self.returns[rows] = 0.0
         self.lengths[rows] = 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def continues_episode(info: Mapping[str, Any] | None) -> bool:
+    """Whether a terminal step ends only the training episode (an Atari life) and the env's
+    episode, the one the statistics count, goes on."""
+    return bool(info) and info.get("episode_continues") is True
 
 
 class _EmulatedVecEnv:
@@ -533,7 +548,8 @@ class GymnasiumVecEnv(_EmulatedVecEnv):
             if terminated or truncated:
                 if truncated:
                     flatten(obs, self.final_observations[i])
-                stats.finish(i, info)
+                if not continues_episode(info):
+                    stats.finish(i, info)
                 obs, _ = env.reset()
             flatten(obs, self.observations[i])
             if info:
@@ -562,11 +578,18 @@ def make_gymnasium(
     """`num_envs` copies of a Gymnasium env as one serial Shoal vector env.
 
     `env_id_or_creator` is an id for `gymnasium.make` (kwargs go to it) or a callable returning
-    an env (called with kwargs). Env i is seeded with `seed + i` on the first reset.
+    an env (called with kwargs). An ale-py game's id gets the standard Atari preprocessing
+    (shoal.atari.make_atari, which takes its options from kwargs). Env i is seeded with
+    `seed + i` on the first reset.
     """
     num_envs = check_positive_int("num_envs", num_envs)
     seed = check_int("seed", seed)
-    if isinstance(env_id_or_creator, str):
+    if isinstance(env_id_or_creator, str) and is_atari_id(env_id_or_creator):
+        env_id = env_id_or_creator
+
+        def create() -> gymnasium.Env:
+            return make_atari(env_id, **kwargs)
+    elif isinstance(env_id_or_creator, str):
         env_id = env_id_or_creator
 
         def create() -> gymnasium.Env:

@@ -198,21 +198,19 @@ class GifWriter:
 
         if all(isinstance(frame, str) for frame in self.frames):
             return self._text_images_of(self.frames)
-        # Pixel frames (e.g. a Gymnasium env's rgb_array render) or a mix: let Pillow quantize.
+        # Pixel frames (a native game's render_rgb, a Gymnasium env's rgb_array render) or a
+        # mix: let Pillow quantize.
         images = []
         for frame in self.frames:
             if isinstance(frame, str):
                 images.append(self._text_images_of([frame])[0].convert("RGB"))
             else:
-                images.append(Image.fromarray(_as_uint8_rgb(frame)))
+                images.append(Image.fromarray(_enlarged(_as_uint8_rgb(frame))))
         return images
 
-    def _text_images_of(self, frames: Sequence[str]) -> list[Any]:
-        from PIL import Image, ImageDraw
-
-        grids = [parse_ansi(frame) for frame in frames]
-        cols = max((len(row) for grid in grids for row in grid), default=1) or 1
-        rows = max((len(grid) for grid in grids), default=1) or 1
+    def _font_for(self, cols: int, rows: int) -> tuple[Any, float, int, bool]:
+        """(font, a cell's width, its height, whether every glyph has that width) for a grid of
+        `cols` x `rows` cells."""
         # A huge text frame would make a huge GIF: shrink the font to keep the long side near
         # MAX_SIDE pixels (cells are about 0.6 x 1.2 font sizes).
         font_size = self.font_size
@@ -220,12 +218,28 @@ class GifWriter:
         if long_side * font_size > MAX_SIDE:
             font_size = max(int(MAX_SIDE / long_side), MIN_FONT_SIZE)
         font = load_monospace_font(font_size)
-        cell_w = max(int(round(font.getlength("M"))), 1)
+        # The font's advance is fractional (9.64 pixels at size 16) and draw.text places a run's
+        # characters at multiples of it, so cells must sit there too: with a rounded width, a
+        # run drawn whole drifts away from one drawn in pieces (breakout's right wall shifted
+        # on the brick rows, where colour changes split the line into runs).
+        advance = max(float(font.getlength("M")), 1.0)
         ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font_size, 0)
-        cell_h = max(ascent + descent, 1)
         monospace = font.getlength("i") == font.getlength("M")
-        pad = cell_w // 2
-        size = (cols * cell_w + 2 * pad, rows * cell_h + 2 * pad)
+        return font, advance, max(ascent + descent, 1), monospace
+
+    def _text_images_of(self, frames: Sequence[str]) -> list[Any]:
+        from PIL import Image, ImageDraw
+
+        grids = [parse_ansi(frame) for frame in frames]
+        cols = max((len(row) for grid in grids for row in grid), default=1) or 1
+        rows = max((len(grid) for grid in grids), default=1) or 1
+        font, advance, cell_h, monospace = self._font_for(cols, rows)
+        pad = int(advance) // 2
+
+        def column_x(col: int) -> int:
+            return pad + int(round(col * advance))
+
+        size = (column_x(cols) + pad, rows * cell_h + 2 * pad)
 
         palette = _Palette()
         background = palette.index(DEFAULT_BG)
@@ -238,7 +252,7 @@ class GifWriter:
                 y = pad + r * cell_h
                 for start, end, style in _runs(row):
                     fg, bg = style.colors()
-                    x0, x1 = pad + start * cell_w, pad + end * cell_w
+                    x0, x1 = column_x(start), column_x(end)
                     if bg != DEFAULT_BG:
                         draw.rectangle((x0, y, x1 - 1, y + cell_h - 1), fill=palette.index(bg))
                     chars = "".join(c for c, _ in row[start:end])
@@ -248,12 +262,12 @@ class GifWriter:
                             draw.text((x0, y), chars, font=font, fill=fill)
                         continue
                     for k, char in enumerate(chars):
-                        cx = x0 + k * cell_w
+                        cx, cx_end = column_x(start + k), column_x(start + k + 1)
                         if char in BLOCKS:
                             top, bottom = BLOCKS[char]
                             y_top = y + int(top * cell_h)
                             y_bottom = y + int(bottom * cell_h) - 1
-                            draw.rectangle((cx, y_top, cx + cell_w - 1, y_bottom), fill=fill)
+                            draw.rectangle((cx, y_top, cx_end - 1, y_bottom), fill=fill)
                         elif char != " ":
                             draw.text((cx, y), char, font=font, fill=fill)
             images.append(image)
@@ -321,6 +335,20 @@ def _as_uint8_rgb(frame: Any) -> Any:
         scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
         array = np.clip(array * scale, 0, 255).astype(np.uint8)
     return array[..., :3]
+
+
+# Pixel frames smaller than this (breakout's 160 x 210) are enlarged by a whole factor, pixels
+# repeated, so a GIF of a small game is not a postage stamp and its edges stay sharp.
+MIN_PIXEL_SIDE = 320
+
+
+def _enlarged(array: Any) -> Any:
+    import numpy as np
+
+    factor = max(1, -(-MIN_PIXEL_SIDE // max(min(array.shape[:2]), 1)))
+    if factor == 1:
+        return array
+    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
 
 
 class TerminalPlayer:

@@ -106,6 +106,8 @@ def _describe(env: Any, expected_envs: int) -> dict[str, Any]:
         "action_space": action_space,
         "obs_dtype": np.dtype(env.observations.dtype),
         "unflatten": getattr(env, "unflatten", None),
+        # The image a native env's flat rows hold (obs="pixels"), so a policy picks its CNN.
+        "structured_observation_space": getattr(env, "structured_observation_space", None),
     }
 
 
@@ -194,6 +196,7 @@ class _ChunkedVecEnv:
         self.single_observation_space: spaces.Box = meta["observation_space"]
         self.single_action_space: spaces.Space = meta["action_space"]
         self.unflatten: Callable[[Any], Any] | None = meta["unflatten"]
+        self.structured_observation_space: spaces.Space | None = meta["structured_observation_space"]
         buffers["masks"][:] = True
         self.observations = buffers["observations"]
         self.final_observations = buffers["final_observations"]

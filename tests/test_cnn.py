@@ -166,6 +166,33 @@ def test_forward_sequence_equals_stepping_with_a_reset_inside(encoder):
             torch.testing.assert_close(step_values, values[:, t], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("structured", [CHW, DICT], ids=["CHW", "Dict"])
+def test_compiled_cnn_equals_eager(structured):
+    # train.compile compiles policy.step and policy.forward_sequence: outputs and gradients must
+    # be eager's within float tolerance, for the CNN (with its uint8 scaling) as for the MLP.
+    policy = policy_for(structured, "nature", lstm=True)
+    batch, horizon = 2, 3
+    obs = rows(structured, batch * horizon).view(batch, horizon, -1)
+    starts = torch.zeros(batch, horizon)
+    starts[1, 1] = 1.0
+    state = (torch.randn(batch, HIDDEN), torch.randn(batch, HIDDEN))
+    results = []
+    for forward in (policy.forward_sequence, torch.compile(policy.forward_sequence, fullgraph=True)):
+        policy.zero_grad()
+        logits, values = forward(obs, starts, state)
+        (logits.square().mean() + values.mean()).backward()
+        results.append((logits, values, [p.grad.clone() for p in policy.parameters()]))
+    (e_logits, e_values, e_grads), (c_logits, c_values, c_grads) = results
+    torch.testing.assert_close(c_logits, e_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c_values, e_values, rtol=1e-4, atol=1e-5)
+    for compiled_grad, eager_grad in zip(c_grads, e_grads, strict=True):
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-3, atol=1e-5)
+    with torch.no_grad():
+        eager_step = policy.step(obs[:, 0], state)
+        compiled_step = torch.compile(policy.step, fullgraph=True)(obs[:, 0], state)
+    torch.testing.assert_close(compiled_step[0], eager_step[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("encoder", ["nature", "impala"])
 def test_bfloat16_autocast_keeps_heads_float32(encoder):
     policy = policy_for(DICT, encoder, lstm=True)

@@ -279,3 +279,22 @@ def test_train_from_python_derives_the_values_left_at_their_defaults(tmp_path):
     # Values that differ from the defaults count as the user's.
     assert saved["env"]["num_envs"] == 2 and saved["train"]["learning_rate"] == 0.01
     assert saved["train"]["batch_size"] % 2 == 0 and saved["train"]["reward_scale"] is True
+
+
+def test_a_native_game_in_pixel_mode_keeps_its_game_options_and_derives_the_image_recipe():
+    # breakout.toml is tuned for the vector observation (1024 envs, an MLP, obs_norm); in pixel
+    # mode its frameskip stays and the rest comes from the image rules.
+    cfg = load_config("breakout", ["--env.options.obs", "pixels"], derive=recipe.derive_into)
+    assert cfg.env.recipe == "derived"
+    assert cfg.env.options == {"frameskip": 4, "obs": "pixels"}
+    assert cfg.env.num_envs == 16 and not cfg.policy.obs_norm and not cfg.policy.lstm
+    assert cfg.policy.hidden_size == 512 and cfg.train.update_epochs == 4
+    vector = load_config("breakout", [], derive=recipe.derive_into)
+    assert vector.env.recipe == "file" and vector.env.num_envs == 1024
+
+
+def test_pixel_mode_from_a_config_file_is_seen_before_the_recipe_file(tmp_path):
+    path = tmp_path / "pixels.toml"
+    path.write_text('[env]\nname = "pong"\n[env.options]\nobs = "pixels"\n')
+    cfg = load_config(config_file=path, derive=recipe.derive_into)
+    assert cfg.env.recipe == "derived" and cfg.env.options["obs"] == "pixels"

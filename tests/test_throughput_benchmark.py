@@ -122,3 +122,17 @@ def test_a_two_process_run_splits_the_job_and_reports_rank_0(bench, tmp_path):
     assert [m["world_size"] for m in row["epochs"]] == [2, 2]
     assert [m["agent_steps"] for m in row["epochs"]] == [4096, 8192]
     assert row["undisturbed"]["sps"] > 0
+
+
+def test_the_cnn_setting_draws_native_games_in_pixels_and_leaves_atari_ids_alone(bench):
+    envs = ["breakout", "gym:ALE/Pong-v5"]
+    args = namespace(settings=["cnn"], envs=envs, precisions=["float32", "bfloat16"])
+    specs = bench.settings(args)
+    assert [(s["env"], s["precision"]) for s in specs] == [
+        ("breakout", "float32"), ("breakout", "bfloat16"),
+        ("gym:ALE/Pong-v5", "float32"), ("gym:ALE/Pong-v5", "bfloat16"),
+    ]  # fmt: skip
+    for spec in specs:
+        pixels = flag(spec["overrides"], "--env.options.obs")
+        assert pixels == ("pixels" if spec["env"] == "breakout" else None)
+        assert flag(spec["overrides"], "--train.precision") == spec["precision"]

@@ -534,13 +534,14 @@ def load_config(
     env recipe file, `derive` (when given) fills the keys neither the file nor a flag set.
     """
     config = Config()
+    file_data = load_toml(config_file) if config_file is not None else {}
+    pairs = parse_overrides(overrides or [])
     if config_dir is not None:
-        _apply_recipes(config, env_name, Path(config_dir))
+        _apply_recipes(config, env_name, Path(config_dir), asks_for_pixels(file_data, pairs))
     if env_name is not None:
         config.env.name = env_name
     explicit: set[str] = set()
     if config_file is not None:
-        file_data = load_toml(config_file)
         file_env = file_data.get("env", {}).get("name") if isinstance(file_data.get("env"), dict) else None
         if env_name is None and isinstance(file_env, str):
             # The file names the env: its env toml sits below the file, as if named on the command line.
@@ -551,7 +552,7 @@ def load_config(
             raise ConfigError(
                 f"{config_file} sets env.name = '{config.env.name}' but the command names env '{env_name}'"
             )
-    for key, value in parse_overrides(overrides or []):
+    for key, value in pairs:
         set_key(config, key, value)
         explicit.add(_dotted(key))
     if derive is not None and config.env.recipe == "auto":
@@ -573,7 +574,24 @@ def _dotted_keys(data: dict[str, Any]) -> list[str]:
     return keys
 
 
-def _apply_recipes(config: Config, env_name: str | None, config_dir: Path) -> None:
+def asks_for_pixels(file_data: dict[str, Any], pairs: list[tuple[str, str]]) -> bool:
+    """Whether a config file or a flag sets env.options.obs = "pixels" (a native game's pixel mode)."""
+    options = file_data.get("env", {}).get("options", {}) if isinstance(file_data.get("env"), dict) else {}
+    value = options.get("obs") if isinstance(options, dict) else None
+    for key, flag_value in pairs:
+        if _dotted(key) == "env.options.obs":
+            value = flag_value
+    return value == PIXELS
+
+
+def pixel_mode(options: dict[str, Any]) -> bool:
+    return options.get("obs") == PIXELS
+
+
+def _apply_recipes(config: Config, env_name: str | None, config_dir: Path, pixels: bool = False) -> None:
+    """default.toml, then the env's recipe file. A recipe file is tuned for the game's vector
+    observations: in pixel mode only its game options apply and the rest is derived (an image
+    recipe, shoal.train.recipe)."""
     default = config_dir / "default.toml"
     if not default.is_file():
         raise ConfigError(f"Shoal's config recipes are missing: no {default} (reinstall Shoal)")
@@ -582,13 +600,19 @@ def _apply_recipes(config: Config, env_name: str | None, config_dir: Path) -> No
         return
     config.env.name = env_name
     env_file = config_dir / f"{env_file_stem(env_name)}.toml"
-    if env_file.is_file():
+    if env_file.is_file() and pixels:
+        options = load_toml(env_file).get("env", {}).get("options", {})
+        merge_dict(config, {"env": {"options": options}}, str(env_file))
+    elif env_file.is_file():
         merge_dict(config, load_toml(env_file), str(env_file))
         config.env.recipe = "file"
     elif env_name in NATIVE_GAMES:
         raise ConfigError(
             f"the recipe of native env '{env_name}' is missing: no {env_file} (reinstall Shoal)"
         )
+
+
+PIXELS = "pixels"
 
 
 def env_file_stem(env_name: str) -> str:

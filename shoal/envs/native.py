@@ -3,6 +3,10 @@
 `NativeVecEnv` allocates every buffer once and hands it to the C extension, which steps all
 envs in place (optionally over several threads). `step` returns the same array objects every
 time, so callers that need history must copy.
+
+Breakout and pong also draw their state in C: `obs="pixels"` makes the observation a stack of
+grayscale frames (options `frame_size`, `frame_stack`; see docs/pixels.md), and
+`render_rgb()` returns a colour picture of one env for GIFs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ class GameSpec(NamedTuple):
     name: str
     description: str
     options: tuple[OptionInfo, ...]
+
+
+# Options whose values are names; C receives the name's index in the tuple.
+CHOICE_OPTIONS: dict[str, tuple[str, ...]] = {"obs": ("vector", "pixels")}
+# Options that only shape pixel observations: given with obs="vector" they are an error, since
+# they would otherwise be silently ignored.
+PIXEL_OPTIONS = ("frame_size", "frame_stack")
 
 
 def _load_specs() -> dict[str, GameSpec]:
@@ -68,6 +79,24 @@ def game_spec(name: str) -> GameSpec:
     return spec
 
 
+def _choice_value(name: str, option: OptionInfo, value: Any) -> float:
+    """The number C receives for a named choice (obs = "vector" / "pixels")."""
+    choices = CHOICE_OPTIONS[option.name]
+    if value not in choices:
+        valid = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"env '{name}' option {option.name} must be one of {valid}, got {value!r}")
+    return float(choices.index(value))
+
+
+def _check_pixel_options(name: str, options: dict[str, Any]) -> None:
+    given = [key for key in PIXEL_OPTIONS if key in options]
+    if given and options.get("obs", "vector") != "pixels":
+        raise ValueError(
+            f"env '{name}' option(s) {', '.join(given)} apply only to pixel observations; "
+            f"add obs='pixels' (--env.options.obs pixels) or drop them"
+        )
+
+
 def resolve_options(name: str, options: dict[str, Any]) -> list[float]:
     """Validate `options` for env `name` and return all values in spec order (defaults filled)."""
     spec = game_spec(name)
@@ -78,8 +107,14 @@ def resolve_options(name: str, options: dict[str, Any]) -> list[float]:
             raise ValueError(
                 f"env '{name}' has no option '{key}'{_suggest(key, list(known))} Valid options: {valid}."
             )
+    if "obs" in known:
+        _check_pixel_options(name, options)
     values = []
     for option in spec.options:
+        if option.name in CHOICE_OPTIONS:
+            default = CHOICE_OPTIONS[option.name][0]
+            values.append(_choice_value(name, option, options.get(option.name, default)))
+            continue
         value = options.get(option.name, option.default)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(
@@ -99,6 +134,13 @@ def resolve_options(name: str, options: dict[str, Any]) -> list[float]:
     return values
 
 
+def _option_value(option: OptionInfo, value: float) -> Any:
+    """An option's value as the user gives it (a name for choices, an int for whole numbers)."""
+    if option.name in CHOICE_OPTIONS:
+        return CHOICE_OPTIONS[option.name][int(value)]
+    return int(value) if option.is_int else value
+
+
 def _default_threads(num_envs: int) -> int:
     try:
         cores = len(os.sched_getaffinity(0))
@@ -109,6 +151,9 @@ def _default_threads(num_envs: int) -> int:
 
 class NativeVecEnv:
     """`num_envs` instances of one C game, stepped in place (see docs/architecture.md section 1)."""
+
+    # With obs="pixels": the image Box the flat rows hold; None for vector observations.
+    structured_observation_space: gymnasium.spaces.Box | None = None
 
     def __init__(
         self, name: str, num_envs: int = 1, seed: int = 0, num_threads: int = 1, **options: Any
@@ -124,9 +169,7 @@ class NativeVecEnv:
 
         self.name = name
         self.spec = spec
-        self.options = {
-            o.name: (int(v) if o.is_int else v) for o, v in zip(spec.options, values, strict=True)
-        }
+        self.options = {o.name: _option_value(o, v) for o, v in zip(spec.options, values, strict=True)}
         self.num_envs = num_envs
         self.agents_per_env = int(info["agents_per_env"])
         self.num_agents = self.num_envs * self.agents_per_env
@@ -148,6 +191,9 @@ class NativeVecEnv:
             self._truncations_u8,
         )
         self.num_threads = self._env.num_threads
+        rgb_shape = self._env.rgb_shape
+        # (height, width, 3) of render_rgb(); None when the game draws only text.
+        self.rgb_shape: tuple[int, int, int] | None = tuple(rgb_shape) if rgb_shape else None
         self._batch_ready = True  # the reset observations are waiting for recv()
         self._first_reset = True
 
@@ -156,6 +202,11 @@ class NativeVecEnv:
         self.single_observation_space = gymnasium.spaces.Box(
             low=info["obs_low"], high=info["obs_high"], shape=(obs_size,), dtype=np.dtype(info["obs_dtype"])
         )
+        frame_shape = info.get("frame_shape")
+        if frame_shape is not None:
+            # The flat row is (frame_stack, frame_size, frame_size) CHW frames; the policy reads
+            # this structure (shoal.emulation.structured_observation_space) to choose a CNN.
+            self.structured_observation_space = gymnasium.spaces.Box(0, 255, tuple(frame_shape), np.uint8)
         nvec = [int(n) for n in info["action_nvec"]]
         self._nvec = np.asarray(nvec, dtype=np.int64)
         if len(nvec) == 1:
@@ -287,6 +338,16 @@ class NativeVecEnv:
     def render(self, index: int = 0) -> str:
         """ANSI text picture of env `index` (env 0 by default)."""
         return self._env.render(index)
+
+    def render_rgb(self, index: int = 0) -> np.ndarray:
+        """A new (height, width, 3) uint8 colour picture of env `index`, drawn in C from the
+        game state (breakout, pong); ValueError for games that draw only text (`rgb_shape` is
+        None)."""
+        if self.rgb_shape is None:
+            raise ValueError(f"env '{self.name}' has no RGB rendering; use render() for its text picture")
+        frame = np.empty(self.rgb_shape, dtype=np.uint8)
+        self._env.render_rgb(index, frame)
+        return frame
 
     def close(self) -> None:
         self._env.close()

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import gymnasium
 import numpy as np
 
-from shoal.core.config import CONFIG_DIR, Config, ConfigError, env_file_stem, set_key
+from shoal.core.config import CONFIG_DIR, Config, ConfigError, env_file_stem, pixel_mode, set_key
 from shoal.emulation import structured_observation_space
 from shoal.encoders import choose_encoder
 from shoal.envs.registry import make
@@ -43,6 +43,7 @@ MIN_MINIBATCH = 64
 # Frames per forward/backward of a CNN (larger minibatches accumulate gradients): 1024 frames of
 # 84x84 keep the Nature CNN's activations within a few hundred MB.
 IMAGE_MAX_MINIBATCH = 1024
+IMAGE_TOTAL_STEPS = 2_500_000
 
 
 class Derived(NamedTuple):
@@ -71,6 +72,12 @@ TIERS = (
     Tier("medium", 200_000, 16, 8192, 8, 4, 1e-3),
     Tier("fast", math.inf, 64, 32_768, 4, 2, 2e-3),
 )
+# A frame through a CNN costs ~1000x a state vector through an MLP, whatever the env's speed, so
+# image envs get the geometry of the Atari PPO literature (Schulman et al. 2017, CleanRL's
+# ppo_atari): rollouts of 128 steps, minibatches of 256 frames, 4 passes. Adam's step is 4x the
+# literature's 2.5e-4: on ALE Pong that reached in 12 minutes the score 2.5e-4 reached in 30
+# (docs/pixels.md), and a 2-core CPU's budget is counted in minutes, not in frames.
+IMAGE_TIER = Tier("pixels", math.inf, 16, 2048, 8, 4, 1e-3)
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,11 @@ class EnvProfile:
         return choose_encoder("auto", space, int(np.prod(self.observation_space.shape))).name
 
 
-def has_recipe_file(env_name: str) -> bool:
+def has_recipe_file(env_name: str, options: dict[str, Any] | None = None) -> bool:
+    """Whether shoal/configs holds the env's recipe and it applies (not in a native game's pixel
+    mode, for which the recipe file's vector-observation settings do not hold)."""
+    if pixel_mode(options or {}):
+        return False
     return (CONFIG_DIR / f"{env_file_stem(env_name)}.toml").is_file()
 
 
@@ -262,6 +273,14 @@ def _image_policy(profile: EnvProfile, encoder: str) -> dict[str, Derived]:
             IMAGE_MAX_MINIBATCH,
             f"at most {IMAGE_MAX_MINIBATCH} frames per forward/backward keeps the CNN's activations small",
         ),
+        "train.precision": Derived(
+            "auto", "convolutions dominate the cost: bfloat16 where the hardware multiplies it natively"
+        ),
+        "train.lr_schedule": Derived("linear", "Adam's step decays linearly to 0, as in Atari PPO papers"),
+        "train.clip_coef": Derived(0.1, "the ratio clip of the Atari PPO papers for CNN policies"),
+        "train.total_steps": Derived(
+            IMAGE_TOTAL_STEPS, "the Atari benchmark's budget of 10M frames (2.5M steps at frame skip 4)"
+        ),
     }
 
 
@@ -270,8 +289,12 @@ def tier_of(steps_per_second: float) -> Tier:
 
 
 def _geometry(profile: EnvProfile, cfg: Config, explicit: frozenset[str]) -> dict[str, Derived]:
-    tier = tier_of(profile.steps_per_second)
-    speed = f"one env steps {profile.steps_per_second:,.0f} agent steps/s here ({tier.name})"
+    if profile.encoder() != "mlp":
+        tier = IMAGE_TIER
+        speed = "image observations: the CNN's cost, not the env's speed, sets the geometry"
+    else:
+        tier = tier_of(profile.steps_per_second)
+        speed = f"one env steps {profile.steps_per_second:,.0f} agent steps/s here ({tier.name})"
     t = cfg.train
     values: dict[str, Derived] = {}
     num_envs = cfg.env.num_envs
@@ -349,7 +372,15 @@ def _normalization(profile: EnvProfile) -> dict[str, Derived]:
 
 
 def _discount(profile: EnvProfile) -> dict[str, Derived]:
-    """A discount horizon 1/(1 - gamma) of a tenth of an episode (within [10, 1000] steps)."""
+    """A discount horizon 1/(1 - gamma) of a tenth of an episode (within [10, 1000] steps);
+    frame-based games: 100 steps."""
+    if profile.encoder() != "mlp":
+        # Random play says little of a game's episodes (a Breakout life lasts ~40 steps at random,
+        # thousands once learned); frames come at a fixed rate, so the horizon is one of time.
+        return {
+            "train.gamma": Derived(0.99, "image observations: a discount horizon of 100 frames (steps)"),
+            "train.gae_lambda": Derived(0.95, "GAE's horizon for a discount horizon of 100 steps"),
+        }
     length = profile.episode_length
     horizon = min(1000.0, max(10.0, length / 10.0))
     gamma = round(1.0 - 1.0 / horizon, 4)
@@ -379,7 +410,7 @@ def derive_into(cfg: Config, explicit: frozenset[str] = frozenset()) -> dict[str
     """Measure cfg's env and set every derived key not in `explicit`; mark the config
     env.recipe = "derived". Nothing happens (and {} is returned) for an env with a recipe file or
     a config not marked "auto"."""
-    if cfg.env.recipe != "auto" or has_recipe_file(cfg.env.name):
+    if cfg.env.recipe != "auto" or has_recipe_file(cfg.env.name, cfg.env.options):
         return {}
     profile = probe_env(cfg.env.name, cfg.env.options, cfg.train.seed)
     values = derive(profile, cfg, explicit)
@@ -408,4 +439,6 @@ def changed_keys(cfg: Config) -> frozenset[str]:
 def needs_recipe(cfg: Config) -> bool:
     """Whether train(cfg) derives a recipe: marked "auto", no recipe file, not a resumed run (its
     config.json holds what it trained with)."""
-    return cfg.env.recipe == "auto" and not cfg.run.resume and not has_recipe_file(cfg.env.name)
+    if cfg.env.recipe != "auto" or cfg.run.resume:
+        return False
+    return not has_recipe_file(cfg.env.name, cfg.env.options)

@@ -164,6 +164,14 @@ static int configure_game(const GameDef *game, const double *options, GameInfo *
         PyErr_Format(PyExc_RuntimeError, "env '%s' reported an invalid GameInfo", game->name);
         return -1;
     }
+    int frames = info->frame_stack > 0 || info->frame_height > 0 || info->frame_width > 0;
+    if (frames && (info->obs_dtype != SHOAL_UINT8 || info->frame_stack <= 0 || info->frame_height <= 0 ||
+                   info->frame_width <= 0 ||
+                   (int64_t)info->frame_stack * info->frame_height * info->frame_width != info->obs_size)) {
+        PyErr_Format(PyExc_RuntimeError, "env '%s' reported frames that do not fill its uint8 observation",
+                     game->name);
+        return -1;
+    }
     for (int d = 0; d < info->num_action_dims; d++) {
         if (info->action_nvec[d] <= 0) {
             PyErr_Format(PyExc_RuntimeError, "env '%s' reported action_nvec[%d] = %d", game->name, d,
@@ -178,10 +186,19 @@ static PyObject *info_dict(const GameInfo *info) {
     PyObject *nvec = PyList_New(info->num_action_dims);
     if (!nvec) return NULL;
     for (int d = 0; d < info->num_action_dims; d++) PyList_SET_ITEM(nvec, d, PyLong_FromLong(info->action_nvec[d]));
-    PyObject *dict = Py_BuildValue("{s:i,s:s,s:d,s:d,s:i,s:N}", "obs_size", info->obs_size, "obs_dtype",
+    PyObject *frame_shape = Py_None;
+    Py_INCREF(Py_None);
+    if (info->frame_stack > 0) {
+        Py_SETREF(frame_shape, Py_BuildValue("(iii)", info->frame_stack, info->frame_height, info->frame_width));
+        if (!frame_shape) {
+            Py_DECREF(nvec);
+            return NULL;
+        }
+    }
+    PyObject *dict = Py_BuildValue("{s:i,s:s,s:d,s:d,s:i,s:N,s:N}", "obs_size", info->obs_size, "obs_dtype",
                                    info->obs_dtype == SHOAL_FLOAT32 ? "float32" : "uint8", "obs_low",
                                    (double)info->obs_low, "obs_high", (double)info->obs_high, "agents_per_env",
-                                   info->agents_per_env, "action_nvec", nvec);
+                                   info->agents_per_env, "action_nvec", nvec, "frame_shape", frame_shape);
     return dict;
 }
 
@@ -616,6 +633,35 @@ static PyObject *VecEnv_render(VecEnvObject *self, PyObject *args) {
     return s;
 }
 
+/* render_rgb(index, out): draw env `index` into `out`, a writable C-contiguous uint8 buffer of
+ * rgb_height * rgb_width * 3 bytes (the game's rgb_shape). */
+static PyObject *VecEnv_render_rgb(VecEnvObject *self, PyObject *args) {
+    int index;
+    PyObject *out;
+    if (!PyArg_ParseTuple(args, "iO:render_rgb", &index, &out)) return NULL;
+    if (check_usable(self) < 0) return NULL;
+    if (!self->game->render_rgb) {
+        PyErr_Format(PyExc_ValueError, "env '%s' has no RGB rendering (only render() text)", self->game->name);
+        return NULL;
+    }
+    if (index < 0 || index >= self->num_envs) {
+        PyErr_Format(PyExc_IndexError, "env index must be in [0, %d), got %d", self->num_envs, index);
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(out, &b, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) return NULL;
+    size_t need = (size_t)self->game->rgb_width * (size_t)self->game->rgb_height * 3;
+    if ((size_t)b.len != need) {
+        PyErr_Format(PyExc_ValueError, "render_rgb needs a buffer of %zu bytes (%d x %d x 3), got %zd", need,
+                     self->game->rgb_height, self->game->rgb_width, b.len);
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    self->game->render_rgb(self->states + (size_t)index * self->state_stride, (uint8_t *)b.buf);
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+}
+
 static PyObject *VecEnv_close(VecEnvObject *self, PyObject *noargs) {
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "cannot close the env while another thread steps it");
@@ -645,6 +691,11 @@ static PyObject *VecEnv_get_num_threads(VecEnvObject *self, void *closure) {
 
 static PyObject *VecEnv_get_closed(VecEnvObject *self, void *closure) { return PyBool_FromLong(self->closed); }
 
+static PyObject *VecEnv_get_rgb_shape(VecEnvObject *self, void *closure) {
+    if (!self->game || !self->game->render_rgb) Py_RETURN_NONE;
+    return Py_BuildValue("(iii)", self->game->rgb_height, self->game->rgb_width, 3);
+}
+
 static PyMethodDef VecEnv_methods[] = {
     {"step", (PyCFunction)VecEnv_step, METH_NOARGS,
      "Validate the actions buffer, then advance every env one step (GIL released)."},
@@ -653,6 +704,8 @@ static PyMethodDef VecEnv_methods[] = {
     {"log", (PyCFunction)VecEnv_log, METH_NOARGS,
      "Sums of the episode statistics of all envs since the last call (then cleared)."},
     {"render", (PyCFunction)VecEnv_render, METH_VARARGS, "render(index=0) -> ANSI text of one env."},
+    {"render_rgb", (PyCFunction)VecEnv_render_rgb, METH_VARARGS,
+     "render_rgb(index, out): draw env index as RGB into out (a uint8 buffer of rgb_shape)."},
     {"close", (PyCFunction)VecEnv_close, METH_NOARGS, "Stop the threads and free the games (idempotent)."},
     {NULL, NULL, 0, NULL},
 };
@@ -661,6 +714,7 @@ static PyGetSetDef VecEnv_getset[] = {
     {"info", (getter)VecEnv_get_info, NULL, "the GameInfo as a dict", NULL},
     {"num_threads", (getter)VecEnv_get_num_threads, NULL, "threads used (at most num_envs)", NULL},
     {"closed", (getter)VecEnv_get_closed, NULL, "whether close() was called", NULL},
+    {"rgb_shape", (getter)VecEnv_get_rgb_shape, NULL, "(height, width, 3) of render_rgb, or None", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -35,11 +35,17 @@
  * wall (0 first, 1 second), speed level / 4, then one flag per brick (row-major from the top
  * left, 1 = present). The brick flags persist in the observation row between steps: a step
  * writes only the flags of bricks it removed, and a reset or a new wall rewrites all of them.
+ *
+ * With obs = pixels (frames.h) the observation is instead a stack of grayscale frames of the
+ * 160 x 210 area from (-8, -8): the walls (8 wide, left, right and top), the bricks, the
+ * paddle (4 high) and the ball (drawn 4 x 4 around its point), each in its own gray level.
+ * render_rgb draws the same picture in colour at 160 x 210, one pixel per game pixel.
  */
 #ifndef SHOAL_BREAKOUT_H
 #define SHOAL_BREAKOUT_H
 
 #include "env_api.h"
+#include "frames.h"
 
 #define BREAKOUT_W 144.0f
 #define BREAKOUT_H 200.0f
@@ -66,7 +72,8 @@ enum {
     BREAKOUT_OPT_BALLS,
     BREAKOUT_OPT_SHRINK,
     BREAKOUT_OPT_BALL_WIDTH,
-    BREAKOUT_NUM_OPTIONS
+    BREAKOUT_OPT_OBS, /* the SHOAL_PIXEL_OPTIONS, in their order */
+    BREAKOUT_NUM_OPTIONS = BREAKOUT_OPT_OBS + SHOAL_NUM_PIXEL_OPTIONS
 };
 
 static const OptionSpec breakout_options[BREAKOUT_NUM_OPTIONS] = {
@@ -78,6 +85,7 @@ static const OptionSpec breakout_options[BREAKOUT_NUM_OPTIONS] = {
     {"balls", 5, 1, 100, 1, "balls (lives) per game"},
     {"shrink_paddle", 1, 0, 1, 1, "1: the paddle halves after the ball reaches the back wall"},
     {"ball_width", 8, 0, 32, 0, "ball width in pixels where it meets the paddle (a point elsewhere)"},
+    SHOAL_PIXEL_OPTIONS,
 };
 
 static const float BREAKOUT_POINTS[BREAKOUT_ROWS] = {7, 7, 4, 4, 1, 1};
@@ -107,17 +115,43 @@ typedef struct {
     float paddle_speed;
     float base_speed;
     float inv_top_speed;
+    ShoalPixelMode pixels;
+    int obs_size;
+    ShoalDtype obs_dtype;
     uint8_t bricks[BREAKOUT_BRICKS];
 } Breakout;
 
+/* The picture's area in game coordinates: the playfield with an 8-pixel wall on the left,
+ * right and top (the Atari frame's 160 x 210). */
+#define BREAKOUT_WALL 8.0f
+#define BREAKOUT_VIEW_X0 (-BREAKOUT_WALL)
+#define BREAKOUT_VIEW_Y0 (-BREAKOUT_WALL)
+#define BREAKOUT_VIEW_X1 (BREAKOUT_W + BREAKOUT_WALL)
+#define BREAKOUT_VIEW_Y1 (BREAKOUT_H + 2.0f)
+#define BREAKOUT_RGB_W 160
+#define BREAKOUT_RGB_H 210
+#define BREAKOUT_PADDLE_H 4.0f
+#define BREAKOUT_BALL_DRAWN 4.0f
+
+static const ShoalColour BREAKOUT_BACKGROUND = {0, {0, 0, 0}};
+static const ShoalColour BREAKOUT_WALL_COLOUR = {70, {142, 142, 142}};
+static const ShoalColour BREAKOUT_PADDLE_COLOUR = {230, {200, 72, 72}};
+static const ShoalColour BREAKOUT_BALL_COLOUR = {255, {236, 236, 236}};
+/* Brick rows from the top: red, orange, yellow-orange, yellow, green, blue (the Atari's). */
+static const ShoalColour BREAKOUT_BRICK_COLOURS[BREAKOUT_ROWS] = {
+    {200, {200, 72, 72}},  {180, {198, 108, 58}}, {160, {180, 122, 48}},
+    {140, {162, 162, 42}}, {120, {72, 160, 72}},  {100, {66, 72, 200}},
+};
+
 static int breakout_configure(GameInfo *info, const double *opt, char *err, size_t err_len) {
-    (void)opt;
     (void)err;
     (void)err_len;
     info->obs_size = BREAKOUT_OBS_SIZE;
     info->obs_dtype = SHOAL_FLOAT32;
     info->obs_low = -1.0f;
     info->obs_high = 1.0f;
+    ShoalPixelMode pixels = shoal_pixel_mode(opt, BREAKOUT_OPT_OBS);
+    if (pixels.enabled) shoal_pixel_info(info, pixels);
     info->agents_per_env = 1;
     info->num_action_dims = 1;
     info->action_nvec[0] = 3;
@@ -136,6 +170,52 @@ static void breakout_init(void *state, const double *opt, EnvIO *io) {
     b->max_balls = (int)opt[BREAKOUT_OPT_BALLS];
     b->shrink = (int)opt[BREAKOUT_OPT_SHRINK];
     b->ball_half = 0.5f * (float)opt[BREAKOUT_OPT_BALL_WIDTH];
+    b->pixels = shoal_pixel_mode(opt, BREAKOUT_OPT_OBS);
+    b->obs_size = b->pixels.enabled ? b->pixels.stack * b->pixels.size * b->pixels.size : BREAKOUT_OBS_SIZE;
+    b->obs_dtype = b->pixels.enabled ? SHOAL_UINT8 : SHOAL_FLOAT32;
+}
+
+/* The scene, on a grayscale or an RGB canvas. The ball is drawn last so it shows over all. */
+static void breakout_draw(const Breakout *b, const ShoalCanvas *c) {
+    shoal_clear(c, BREAKOUT_BACKGROUND);
+    shoal_fill_rect(c, BREAKOUT_VIEW_X0, BREAKOUT_VIEW_Y0, 0.0f, BREAKOUT_VIEW_Y1, BREAKOUT_WALL_COLOUR);
+    shoal_fill_rect(c, BREAKOUT_W, BREAKOUT_VIEW_Y0, BREAKOUT_VIEW_X1, BREAKOUT_VIEW_Y1, BREAKOUT_WALL_COLOUR);
+    shoal_fill_rect(c, 0.0f, BREAKOUT_VIEW_Y0, BREAKOUT_W, 0.0f, BREAKOUT_WALL_COLOUR);
+    for (int row = 0; row < BREAKOUT_ROWS; row++) {
+        /* One rectangle per run of standing bricks: drawing brick by brick made the bricks most
+         * of a frame's cost. A brick is at least one pixel wide and high on the smallest
+         * frame, so the runs cover exactly the pixels the single bricks would. */
+        const uint8_t *bricks = b->bricks + row * BREAKOUT_COLS;
+        float y0 = BREAKOUT_BRICK_TOP + (float)row * BREAKOUT_BRICK_H;
+        int col = 0;
+        while (col < BREAKOUT_COLS) {
+            if (!bricks[col]) {
+                col++;
+                continue;
+            }
+            int start = col;
+            while (col < BREAKOUT_COLS && bricks[col]) col++;
+            shoal_fill_rect(c, (float)start * BREAKOUT_BRICK_W, y0, (float)col * BREAKOUT_BRICK_W,
+                            y0 + BREAKOUT_BRICK_H, BREAKOUT_BRICK_COLOURS[row]);
+        }
+    }
+    shoal_fill_rect(c, b->paddle_x - b->paddle_half, BREAKOUT_PADDLE_Y, b->paddle_x + b->paddle_half,
+                    BREAKOUT_PADDLE_Y + BREAKOUT_PADDLE_H, BREAKOUT_PADDLE_COLOUR);
+    const float r = 0.5f * BREAKOUT_BALL_DRAWN;
+    shoal_fill_rect(c, b->ball_x - r, b->ball_y - r, b->ball_x + r, b->ball_y + r, BREAKOUT_BALL_COLOUR);
+}
+
+static void breakout_draw_gray(const Breakout *b, uint8_t *frame) {
+    int side = b->pixels.size;
+    ShoalCanvas c = shoal_canvas(frame, side, side, 1, BREAKOUT_VIEW_X0, BREAKOUT_VIEW_Y0, BREAKOUT_VIEW_X1,
+                                 BREAKOUT_VIEW_Y1);
+    breakout_draw(b, &c);
+}
+
+static void breakout_render_rgb(const void *state, uint8_t *rgb) {
+    ShoalCanvas c = shoal_canvas(rgb, BREAKOUT_RGB_W, BREAKOUT_RGB_H, 3, BREAKOUT_VIEW_X0, BREAKOUT_VIEW_Y0,
+                                 BREAKOUT_VIEW_X1, BREAKOUT_VIEW_Y1);
+    breakout_draw((const Breakout *)state, &c);
 }
 
 static inline void breakout_write_header(const Breakout *b, float *obs) {
@@ -154,7 +234,18 @@ static inline void breakout_write_header(const Breakout *b, float *obs) {
 static void breakout_fill_wall(Breakout *b, float *obs) {
     memset(b->bricks, 1, sizeof(b->bricks));
     b->bricks_left = BREAKOUT_BRICKS;
+    if (b->pixels.enabled) return; /* the row holds frames, not brick flags */
     for (int i = 0; i < BREAKOUT_BRICKS; i++) obs[BREAKOUT_HEADER + i] = 1.0f;
+}
+
+/* The observation of the state after a step: the header (the brick flags are kept up to date
+ * as bricks fall), or the stack shifted by one frame with the new frame last. */
+static inline void breakout_observe(const Breakout *b, void *obs) {
+    if (__builtin_expect(b->pixels.enabled, 0)) {
+        breakout_draw_gray(b, shoal_push_frame((uint8_t *)obs, b->pixels));
+        return;
+    }
+    breakout_write_header(b, (float *)obs);
 }
 
 /* A new ball from a random column below the bricks, heading down at 30-50 degrees. */
@@ -185,6 +276,12 @@ static void breakout_start(Breakout *b, EnvIO *io) {
     b->paddle_x = 0.5f * BREAKOUT_W;
     breakout_fill_wall(b, (float *)io->obs);
     breakout_serve(b, io);
+    if (b->pixels.enabled) {
+        /* A new episode has no history: every slot of the stack holds its first frame. */
+        breakout_draw_gray(b, shoal_newest_frame((uint8_t *)io->obs, b->pixels));
+        shoal_fill_stack((uint8_t *)io->obs, b->pixels);
+        return;
+    }
     breakout_write_header(b, (float *)io->obs);
 }
 
@@ -238,7 +335,7 @@ static void breakout_step(void *state, EnvIO *io) {
             int idx = row * BREAKOUT_COLS + col;
             if (b->bricks[idx]) {
                 b->bricks[idx] = 0;
-                obs[BREAKOUT_HEADER + idx] = 0.0f;
+                if (!b->pixels.enabled) obs[BREAKOUT_HEADER + idx] = 0.0f;
                 int points = (int)BREAKOUT_POINTS[row];
                 gained += points;
                 b->score += points;
@@ -310,13 +407,13 @@ static void breakout_step(void *state, EnvIO *io) {
     if (__builtin_expect(terminal | truncated, 0)) {
         shoal_log_episode(io, b->score, b->score, b->steps);
         if (truncated) {
-            breakout_write_header(b, obs);
-            shoal_save_final_obs(io, 0, BREAKOUT_OBS_SIZE, SHOAL_FLOAT32);
+            breakout_observe(b, io->obs);
+            shoal_save_final_obs(io, 0, b->obs_size, b->obs_dtype);
         }
         breakout_start(b, io);
         return;
     }
-    breakout_write_header(b, obs);
+    breakout_observe(b, io->obs);
 }
 
 /* Appends to a bounded buffer; render output is truncated rather than overflowing. */
@@ -384,6 +481,9 @@ static const GameDef breakout_game = {
     .step = breakout_step,
     .render = breakout_render,
     .close = NULL,
+    .render_rgb = breakout_render_rgb,
+    .rgb_width = BREAKOUT_RGB_W,
+    .rgb_height = BREAKOUT_RGB_H,
 };
 
 #endif

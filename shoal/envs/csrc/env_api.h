@@ -73,6 +73,9 @@ typedef struct {
     int agents_per_env;
     int num_action_dims;     /* 1 = Discrete(action_nvec[0]); >1 = MultiDiscrete(action_nvec) */
     int action_nvec[SHOAL_MAX_ACTION_DIMS];
+    /* Pixel observations (frames.h): the row is frame_stack frames of frame_height x
+     * frame_width uint8, oldest first. All 0 when the observation is not an image. */
+    int frame_stack, frame_height, frame_width;
 } GameInfo;
 
 typedef struct {
@@ -92,6 +95,10 @@ typedef struct {
     /* Write a text picture of the env (ANSI colours allowed) into buf; return bytes written. */
     int (*render)(void *state, char *buf, size_t buf_len);
     void (*close)(void *state);              /* may be NULL */
+    /* Draw an RGB picture of the env (rgb_height rows of rgb_width * 3 bytes) into rgb. May be
+     * NULL: the game has only its text render. */
+    void (*render_rgb)(const void *state, uint8_t *rgb);
+    int rgb_width, rgb_height;
 } GameDef;
 
 /* ---- helpers shared by the games ---- */

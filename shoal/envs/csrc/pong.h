@@ -14,11 +14,17 @@
  *
  * score = points the agent won in the episode (0 .. points_to_win); the point difference
  * is the episode return.
+ *
+ * With obs = pixels (frames.h) the observation is a stack of grayscale frames of the court
+ * (x in [0, 1], y in [-0.04, 1.04]): the top and bottom walls, both paddles (0.02 wide, behind
+ * their faces) and the ball (a square of side 2 * PONG_BALL_R), each in its own gray level.
+ * render_rgb draws the same picture in colour at 200 x 216.
  */
 #ifndef SHOAL_PONG_H
 #define SHOAL_PONG_H
 
 #include "env_api.h"
+#include "frames.h"
 
 #include <stdio.h>
 
@@ -40,7 +46,22 @@ typedef struct {
     /* options */
     int frameskip, points_to_win, max_steps;
     float opp_speed, half_height;
+    ShoalPixelMode pixels;
+    int obs_size;
+    ShoalDtype obs_dtype;
 } Pong;
+
+#define PONG_OPT_OBS 5 /* the SHOAL_PIXEL_OPTIONS follow the game's own five */
+#define PONG_WALL 0.04f
+#define PONG_PADDLE_W 0.02f
+#define PONG_RGB_W 200
+#define PONG_RGB_H 216
+
+static const ShoalColour PONG_BACKGROUND = {0, {16, 40, 24}};
+static const ShoalColour PONG_WALL_COLOUR = {90, {200, 200, 200}};
+static const ShoalColour PONG_OPPONENT_COLOUR = {150, {220, 90, 60}};
+static const ShoalColour PONG_AGENT_COLOUR = {210, {90, 200, 90}};
+static const ShoalColour PONG_BALL_COLOUR = {255, {250, 250, 250}};
 
 static const OptionSpec pong_options[] = {
     {"frameskip", 4, 1, 16, 1, "physics ticks per agent step"},
@@ -48,16 +69,18 @@ static const OptionSpec pong_options[] = {
     {"opponent_speed", 0.6, 0.0, 2.0, 0, "scripted paddle speed, as a fraction of the agent's paddle speed"},
     {"paddle_height", 0.2, 0.04, 1.0, 0, "paddle height as a fraction of the court height"},
     {"max_steps", 10000, 0, 1e8, 1, "truncate episodes after this many agent steps (0 = never)"},
+    SHOAL_PIXEL_OPTIONS,
 };
 
 static int pong_configure(GameInfo *info, const double *opt, char *err, size_t err_len) {
-    (void)opt;
     (void)err;
     (void)err_len;
     info->obs_size = PONG_OBS_SIZE;
     info->obs_dtype = SHOAL_FLOAT32;
     info->obs_low = -1.0f;
     info->obs_high = 1.0f;
+    ShoalPixelMode pixels = shoal_pixel_mode(opt, PONG_OPT_OBS);
+    if (pixels.enabled) shoal_pixel_info(info, pixels);
     info->agents_per_env = 1;
     info->num_action_dims = 1;
     info->action_nvec[0] = 3;
@@ -72,6 +95,33 @@ static void pong_init(void *state, const double *opt, EnvIO *io) {
     p->opp_speed = (float)opt[2] * PONG_PADDLE_SPEED;
     p->half_height = 0.5f * (float)opt[3];
     p->max_steps = (int)opt[4];
+    p->pixels = shoal_pixel_mode(opt, PONG_OPT_OBS);
+    p->obs_size = p->pixels.enabled ? p->pixels.stack * p->pixels.size * p->pixels.size : PONG_OBS_SIZE;
+    p->obs_dtype = p->pixels.enabled ? SHOAL_UINT8 : SHOAL_FLOAT32;
+}
+
+/* The court, on a grayscale or an RGB canvas; the ball is drawn last. */
+static void pong_draw(const Pong *p, const ShoalCanvas *c) {
+    shoal_clear(c, PONG_BACKGROUND);
+    shoal_fill_rect(c, 0.0f, -PONG_WALL, 1.0f, 0.0f, PONG_WALL_COLOUR);
+    shoal_fill_rect(c, 0.0f, 1.0f, 1.0f, 1.0f + PONG_WALL, PONG_WALL_COLOUR);
+    float h = p->half_height;
+    shoal_fill_rect(c, PONG_FACE - PONG_PADDLE_W, p->opp_y - h, PONG_FACE, p->opp_y + h, PONG_OPPONENT_COLOUR);
+    shoal_fill_rect(c, 1.0f - PONG_FACE, p->paddle_y - h, 1.0f - PONG_FACE + PONG_PADDLE_W, p->paddle_y + h,
+                    PONG_AGENT_COLOUR);
+    shoal_fill_rect(c, p->ball_x - PONG_BALL_R, p->ball_y - PONG_BALL_R, p->ball_x + PONG_BALL_R,
+                    p->ball_y + PONG_BALL_R, PONG_BALL_COLOUR);
+}
+
+static void pong_draw_gray(const Pong *p, uint8_t *frame) {
+    int side = p->pixels.size;
+    ShoalCanvas c = shoal_canvas(frame, side, side, 1, 0.0f, -PONG_WALL, 1.0f, 1.0f + PONG_WALL);
+    pong_draw(p, &c);
+}
+
+static void pong_render_rgb(const void *state, uint8_t *rgb) {
+    ShoalCanvas c = shoal_canvas(rgb, PONG_RGB_W, PONG_RGB_H, 3, 0.0f, -PONG_WALL, 1.0f, 1.0f + PONG_WALL);
+    pong_draw((const Pong *)state, &c);
 }
 
 /* Ball from the centre towards `direction` (+1 = the agent's side), at a random angle. */
@@ -104,10 +154,29 @@ static void pong_new_episode(Pong *p, EnvIO *io) {
     pong_serve(p, io, (shoal_rand_u64(&io->rng) & 1) ? 1.0f : -1.0f);
 }
 
+/* The observation after a step: the numbers, or the stack shifted with the new frame last. */
+static inline void pong_observe(const Pong *p, void *obs) {
+    if (p->pixels.enabled) {
+        pong_draw_gray(p, shoal_push_frame((uint8_t *)obs, p->pixels));
+        return;
+    }
+    pong_write_obs(p, (float *)obs);
+}
+
+/* A new episode's first observation: with pixels, every slot holds its first frame. */
+static inline void pong_observe_first(const Pong *p, void *obs) {
+    if (p->pixels.enabled) {
+        pong_draw_gray(p, shoal_newest_frame((uint8_t *)obs, p->pixels));
+        shoal_fill_stack((uint8_t *)obs, p->pixels);
+        return;
+    }
+    pong_write_obs(p, (float *)obs);
+}
+
 static void pong_reset(void *state, EnvIO *io) {
     Pong *p = (Pong *)state;
     pong_new_episode(p, io);
-    pong_write_obs(p, (float *)io->obs);
+    pong_observe_first(p, io->obs);
     io->rewards[0] = 0.0f;
     io->terminals[0] = 0;
     io->truncations[0] = 0;
@@ -188,13 +257,12 @@ static void pong_step(void *state, EnvIO *io) {
     io->rewards[0] = reward;
     io->terminals[0] = (uint8_t)terminal;
     io->truncations[0] = (uint8_t)truncated;
-    float *obs = (float *)io->obs;
-    pong_write_obs(p, obs);
+    pong_observe(p, io->obs);
     if (terminal | truncated) {
-        if (truncated) shoal_save_final_obs(io, 0, PONG_OBS_SIZE, SHOAL_FLOAT32);
+        if (truncated) shoal_save_final_obs(io, 0, p->obs_size, p->obs_dtype);
         shoal_log_episode(io, (double)p->points, (double)p->episode_return, (double)p->steps);
         pong_new_episode(p, io);
-        pong_write_obs(p, obs);
+        pong_observe_first(p, io->obs);
     }
 }
 
@@ -240,6 +308,9 @@ const GameDef pong_game = {
     pong_step,
     pong_render,
     NULL,
+    pong_render_rgb,
+    PONG_RGB_W,
+    PONG_RGB_H,
 };
 
 #endif

@@ -21,6 +21,7 @@
 #define SHOAL_SNAKE_H
 
 #include "env_api.h"
+#include "frames.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -360,6 +361,49 @@ static int snake_render(void *state, char *buf, size_t buf_len) {
     return (size_t)n < buf_len ? n : (int)(buf_len - 1);
 }
 
+#define SNAKE_RGB_COLS 64 /* cells shown by render_rgb, around snake 0's head */
+#define SNAKE_RGB_ROWS 48
+#define SNAKE_RGB_CELL 5  /* pixels per cell side */
+
+static const ShoalColour SNAKE_RGB_EMPTY = {0, {12, 12, 16}};
+static const ShoalColour SNAKE_RGB_WALL = {0, {110, 110, 110}};
+static const ShoalColour SNAKE_RGB_FOOD = {0, {220, 60, 60}};
+static const ShoalColour SNAKE_RGB_OWN = {0, {70, 190, 90}};
+static const ShoalColour SNAKE_RGB_HEAD = {0, {170, 255, 150}};
+static const ShoalColour SNAKE_RGB_OTHER = {0, {70, 110, 210}};
+
+static ShoalColour snake_cell_colour(const Snake *s, int x, int y, int head) {
+    if (x < 0 || x >= s->width || y < 0 || y >= s->height) return SNAKE_RGB_WALL;
+    int cell = snake_cell(s, x, y);
+    unsigned v = s->grid[cell];
+    if (v == SNAKE_EMPTY) return SNAKE_RGB_EMPTY;
+    if (v == SNAKE_FOOD) return SNAKE_RGB_FOOD;
+    if (v != SNAKE_FIRST_ID) return SNAKE_RGB_OTHER;
+    return cell == head ? SNAKE_RGB_HEAD : SNAKE_RGB_OWN;
+}
+
+/* The same crop as the text render, one square of SNAKE_RGB_CELL pixels per cell. */
+static void snake_render_rgb(const void *state, uint8_t *rgb) {
+    const Snake *s = (const Snake *)state;
+    ShoalCanvas c = shoal_canvas(rgb, SNAKE_RGB_COLS * SNAKE_RGB_CELL, SNAKE_RGB_ROWS * SNAKE_RGB_CELL, 3, 0.0f,
+                                 0.0f, (float)SNAKE_RGB_COLS, (float)SNAKE_RGB_ROWS);
+    if (!snake_ready(s)) {
+        shoal_clear(&c, SNAKE_RGB_EMPTY);
+        return;
+    }
+    const SnakeAgent *a = &s->agents[0];
+    int head = a->length > 0 ? s->body[a->head_slot] : snake_cell(s, s->width / 2, s->height / 2);
+    int x0 = head % s->stride - s->vision - SNAKE_RGB_COLS / 2;
+    int y0 = head / s->stride - s->vision - SNAKE_RGB_ROWS / 2;
+    if (a->length == 0) head = -1;
+    for (int r = 0; r < SNAKE_RGB_ROWS; r++) {
+        for (int col = 0; col < SNAKE_RGB_COLS; col++) {
+            ShoalColour colour = snake_cell_colour(s, x0 + col, y0 + r, head);
+            shoal_fill_rect(&c, (float)col, (float)r, (float)col + 1.0f, (float)r + 1.0f, colour);
+        }
+    }
+}
+
 const GameDef snake_game = {
     "snake",
     "Many snakes on one grid (multi-agent); egocentric uint8 window; food grows, walls and bodies kill",
@@ -372,6 +416,9 @@ const GameDef snake_game = {
     snake_step,
     snake_render,
     snake_close,
+    snake_render_rgb,
+    SNAKE_RGB_COLS * SNAKE_RGB_CELL,
+    SNAKE_RGB_ROWS * SNAKE_RGB_CELL,
 };
 
 #endif
