@@ -143,6 +143,12 @@ def load_file(path: str | Path) -> dict:
     return data
 
 
+# What torch.load raises for a file that is no checkpoint: its weights-only unpickler fails on
+# arbitrary bytes with any of these (IndexError: "pop from empty list", a stack it never filled).
+UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError)
+UNREADABLE += (IndexError, KeyError)
+
+
 def _torch_load(path: Path) -> Any:
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
@@ -150,7 +156,7 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+    except UNREADABLE as e:
         # torch's own messages run to many lines, with advice (weights_only=False) that does not apply.
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
         if isinstance(e, EOFError) or path.stat().st_size == 0:
