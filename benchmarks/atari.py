@@ -66,11 +66,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--target", type=float, default=None, help="report the time to this mean return")
     parser.add_argument("--references", choices=["zoo", "none"], default="zoo")
+    parser.add_argument(
+        "--reference-seeds", type=int, default=None, metavar="N",
+        help="run the references on the first N seeds only (default: every seed)",
+    )
     parser.add_argument("--out", default=None, help="folder (default benchmarks/results/atari_<game>)")
     parser.add_argument("--report", metavar="DIR", help="redraw the table and plots from DIR/atari.json")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.seeds < 1:
         parser.error("--minutes and --seeds must be positive")
+    if args.reference_seeds is not None and args.reference_seeds < 0:
+        parser.error("--reference-seeds must be 0 or more")
     if not args.report and not suite.is_atari(args.env):
         parser.error(f"{args.env!r} is not an ale-py id (ALE/<Game>-v5 or <Game>NoFrameskip-v4)")
     args.flags = flags
@@ -147,17 +153,23 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         },
         "runs": [],
     }
-    for seed in data["settings"]["seeds"]:
-        for method in methods:
-            flags = args.flags if method == "shoal" else []
-            record = suite.launch(method, args.env, seed, budget, None, out / "logs", flags)
-            record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            data["runs"].append(record)
-            print(suite.run_line(record), flush=True)
-            if record["status"] != "ok":
-                print("    " + str(record.get("stderr_tail", record.get("message"))).replace("\n", "\n    "))
-            suite.write_json(out / "atari.json", data)
+    for seed, method in plan(data["settings"]["seeds"], methods, args.reference_seeds):
+        flags = args.flags if method == "shoal" else []
+        record = suite.launch(method, args.env, seed, budget, None, out / "logs", flags)
+        record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        data["runs"].append(record)
+        print(suite.run_line(record), flush=True)
+        if record["status"] != "ok":
+            print("    " + str(record.get("stderr_tail", record.get("message"))).replace("\n", "\n    "))
+        suite.write_json(out / "atari.json", data)
     return data
+
+
+def plan(seeds: list[int], methods: list[str], reference_seeds: int | None) -> list[tuple[int, str]]:
+    """The runs in order, (seed, method): each seed's Shoal run, then its references while the
+    seed is among the first `reference_seeds` (all of them when None)."""
+    with_references = set(seeds[:reference_seeds])
+    return [(seed, m) for seed in seeds for m in methods if m == "shoal" or seed in with_references]
 
 
 # ---- the report ----

@@ -574,10 +574,11 @@ def cmd_envs(args: argparse.Namespace, overrides: list[str]) -> int:
     from shoal.envs.registry import list_envs
 
     specs: dict[str, Any] = {}
+    choices: dict[str, tuple[str, ...]] = {}
     try:
-        from shoal.envs.native import GAMES
+        from shoal.envs.native import CHOICE_OPTIONS, GAMES
 
-        specs = dict(GAMES)
+        specs, choices = dict(GAMES), CHOICE_OPTIONS
     except ImportError:
         pass  # the C extension isn't built: names and descriptions are all there is
 
@@ -590,13 +591,14 @@ def cmd_envs(args: argparse.Namespace, overrides: list[str]) -> int:
         table.add_row(f"[bold cyan]{name}[/]", "", "", description, end_section=name not in specs)
         options = getattr(specs.get(name), "options", ())
         for i, option in enumerate(options):
-            table.add_row(
-                f"  {option.name}",
-                format_number(option.default, option.is_int),
-                f"{format_number(option.min, option.is_int)}..{format_number(option.max, option.is_int)}",
-                f"[dim]{option.help}[/]",
-                end_section=i == len(options) - 1,
-            )
+            if option.name in choices:  # C holds the index of a name
+                names = choices[option.name]
+                default, allowed = names[int(option.default)], " | ".join(names)
+            else:
+                low, high = (format_number(v, option.is_int) for v in (option.min, option.max))
+                default, allowed = format_number(option.default, option.is_int), f"{low}..{high}"
+            last = i == len(options) - 1
+            table.add_row(f"  {option.name}", default, allowed, f"[dim]{option.help}[/]", end_section=last)
     console = Console()
     console.print(table)
     console.print(

@@ -227,10 +227,10 @@ def test_an_atari_game_derives_the_cnn_recipe():
     cfg = load_config("gym:" + PONG, [], derive=recipe.derive_into)
     assert cfg.env.recipe == "derived"
     assert cfg.policy.hidden_size == 512 and not cfg.policy.lstm and not cfg.policy.obs_norm
-    assert (cfg.env.num_envs, cfg.train.batch_size, cfg.train.minibatch_size) == (16, 2048, 256)
+    assert (cfg.env.num_envs, cfg.train.batch_size, cfg.train.minibatch_size) == (16, 2048, 128)
     assert cfg.train.update_epochs == 4 and cfg.train.learning_rate == 1e-3
     assert cfg.train.gamma == 0.99 and cfg.train.clip_coef == 0.1 and cfg.train.lr_schedule == "linear"
-    assert cfg.train.total_steps == 2_500_000 and cfg.train.precision == "auto"
+    assert cfg.train.total_steps == 10_000_000 and cfg.train.precision == "auto"
 
 
 def test_a_short_training_run_on_pong_pixels(tmp_path):

@@ -60,6 +60,14 @@ def test_runs_shorter_than_the_settling_minute_are_not_judged(atari):
     assert atari.zoo_gap([SHOAL[:2]], [ZOO[:2]]) == {"checked": False, "why": "runs shorter than 60 s"}
 
 
+def test_references_run_after_shoal_on_the_first_seeds_only_when_asked(atari):
+    both = ["shoal", "zoo"]
+    assert atari.plan([0, 1], both, None) == [(0, "shoal"), (0, "zoo"), (1, "shoal"), (1, "zoo")]
+    assert atari.plan([0, 1, 2], both, 1) == [(0, "shoal"), (0, "zoo"), (1, "shoal"), (2, "shoal")]
+    assert atari.plan([3, 4], both, 0) == [(3, "shoal"), (4, "shoal")]
+    assert atari.plan([0, 1], ["shoal"], 2) == [(0, "shoal"), (1, "shoal")]
+
+
 def test_atari_ids_get_the_zoo_only_with_its_atari_entry(atari):
     suite = atari.suite
     assert suite.is_atari("ALE/Pong-v5") and suite.is_atari("BreakoutNoFrameskip-v4")

@@ -96,6 +96,7 @@ def test_envs_lists_names_descriptions_and_options(capsys: pytest.CaptureFixture
         for option in spec.options:
             assert option.name in out
     assert "gym:" in out
+    assert "vector | pixels" in out  # a named option shows its names, not the indices C holds
 
 
 def test_config_prints_the_resolved_toml(capsys: pytest.CaptureFixture[str]) -> None:
