@@ -25,7 +25,7 @@
 /* Appended to a game's option list; the Python side maps obs = 'vector' / 'pixels' to 0 / 1. */
 #define SHOAL_PIXEL_OPTIONS                                                                        \
     {"obs", SHOAL_OBS_VECTOR, SHOAL_OBS_VECTOR, SHOAL_OBS_PIXELS, 1,                               \
-     "'vector' (shown as 0: the state as numbers) or 'pixels' (1: grayscale frames drawn in C)"},  \
+     "'vector' (the state as numbers) or 'pixels' (grayscale frames drawn in C)"},              \
         {"frame_size", 84, 36, 256, 1, "obs='pixels' only: side of the square frame in pixels"},   \
         {"frame_stack", 4, 1, 8, 1, "obs='pixels' only: frames per observation, oldest first"}
 
