@@ -3,26 +3,15 @@ check) and the Atari entries of benchmarks/suite.py. No training and no timing h
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench_loader import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def atari():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("atari_bench", ROOT / "benchmarks" / "atari.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-    sys.path.remove(str(ROOT / "benchmarks"))
+    with benchmark_module("atari.py") as module:
+        yield module
 
 
 # Curve points: (wall seconds, agent steps, mean return of the last 100 games).

@@ -268,14 +268,10 @@ def test_training_with_mup_resumes(tmp_path):
 
 @pytest.fixture(scope="module")
 def transfer():
-    import importlib.util
-    from pathlib import Path
+    from bench_loader import benchmark_module
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "mup_transfer.py"
-    spec = importlib.util.spec_from_file_location("mup_transfer_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with benchmark_module("mup_transfer.py") as module:
+        yield module
 
 
 def fake_runs(scores, env="cartpole"):

@@ -3,8 +3,10 @@ their RGB frames (render_rgb) in `shoal eval --gif`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Iterator
 
 import gymnasium
 import numpy as np
@@ -32,7 +34,20 @@ def pixel_env(name: str, **options) -> shoal.envs.native.NativeVecEnv:
     return shoal.make(name, num_envs=4, seed=7, obs="pixels", **options)
 
 
-def frames(env, size: int | None = None) -> np.ndarray:
+@contextlib.contextmanager
+def twins(name: str, num_envs: int, seed: int, **pixel_options) -> Iterator[tuple]:
+    """Two envs with the same seed, one per observation mode: given the same actions, they play
+    the same games."""
+    vec = shoal.make(name, num_envs=num_envs, seed=seed)
+    pix = shoal.make(name, num_envs=num_envs, seed=seed, obs="pixels", **pixel_options)
+    try:
+        yield vec, pix
+    finally:
+        vec.close()
+        pix.close()
+
+
+def frames(env) -> np.ndarray:
     """The observations as (num_envs, frame_stack, side, side)."""
     stack, side, _ = env.structured_observation_space.shape
     return env.observations.reshape(env.num_envs, stack, side, side)
@@ -114,10 +129,7 @@ def test_bad_option_values_have_clear_errors():
 
 
 def test_breakout_frame_shows_the_paddle_and_ball_where_the_vector_says():
-    """Two envs with the same seed and actions, one of each mode, play the same game."""
-    vec = shoal.make("breakout", num_envs=4, seed=3)
-    pix = shoal.make("breakout", num_envs=4, seed=3, obs="pixels", frame_size=128, frame_stack=2)
-    try:
+    with twins("breakout", num_envs=4, seed=3, frame_size=128, frame_stack=2) as (vec, pix):
         side = 128
         x0, y0, width, height = BREAKOUT_VIEW
         for step, actions in enumerate(random_actions(vec, 60, seed=1)):
@@ -134,15 +146,10 @@ def test_breakout_frame_shows_the_paddle_and_ball_where_the_vector_says():
                 ball_row, ball_col = centre_of(frame, BREAKOUT_BALL)
                 assert ball_col == pytest.approx(to_frame(state[2] * 144, x0, width, side), abs=1.5)
                 assert ball_row == pytest.approx(to_frame(state[3] * 200, y0, height, side), abs=1.5)
-    finally:
-        vec.close()
-        pix.close()
 
 
 def test_breakout_frame_loses_the_bricks_the_vector_loses():
-    vec = shoal.make("breakout", num_envs=8, seed=5)
-    pix = shoal.make("breakout", num_envs=8, seed=5, obs="pixels", frame_size=160, frame_stack=1)
-    try:
+    with twins("breakout", num_envs=8, seed=5, frame_size=160, frame_stack=1) as (vec, pix):
         for actions in random_actions(vec, 300, seed=2):
             vec.step(actions)
             pix.step(actions)
@@ -159,15 +166,10 @@ def test_breakout_frame_loses_the_bricks_the_vector_loses():
                     if frame[r, c] == BREAKOUT_BALL:
                         continue
                     assert (frame[r, c] != 0) == bool(bricks[i, row, col]), (i, row, col)
-    finally:
-        vec.close()
-        pix.close()
 
 
 def test_pong_frame_shows_the_paddle_and_ball_where_the_vector_says():
-    vec = shoal.make("pong", num_envs=4, seed=11)
-    pix = shoal.make("pong", num_envs=4, seed=11, obs="pixels", frame_size=96, frame_stack=1)
-    try:
+    with twins("pong", num_envs=4, seed=11, frame_size=96, frame_stack=1) as (vec, pix):
         x0, y0, width, height = PONG_VIEW
         for actions in random_actions(vec, 40, seed=4):
             vec.step(actions)
@@ -180,9 +182,6 @@ def test_pong_frame_shows_the_paddle_and_ball_where_the_vector_says():
                 ball_row, ball_col = centre_of(frame, PONG_BALL)
                 assert ball_col == pytest.approx(to_frame(state[2], x0, width, 96), abs=1.0)
                 assert ball_row == pytest.approx(to_frame(state[3], y0, height, 96), abs=1.0)
-    finally:
-        vec.close()
-        pix.close()
 
 
 # ---- the frame stack ----
@@ -312,16 +311,11 @@ def test_snake_draws_the_cells_around_its_first_snake():
 
 
 def test_render_rgb_is_the_same_picture_in_both_modes():
-    vec = shoal.make("breakout", num_envs=1, seed=4)
-    pix = shoal.make("breakout", num_envs=1, seed=4, obs="pixels")
-    try:
+    with twins("breakout", num_envs=1, seed=4) as (vec, pix):
         for actions in random_actions(vec, 10):
             vec.step(actions)
             pix.step(actions)
         assert np.array_equal(vec.render_rgb(), pix.render_rgb())
-    finally:
-        vec.close()
-        pix.close()
 
 
 def test_games_without_rgb_rendering_say_so_and_gifs_show_their_text():

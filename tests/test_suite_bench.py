@@ -6,27 +6,19 @@ No training and no timing here: the timings are the benchmark's job.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench_loader import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("suite_bench", ROOT / "benchmarks" / "suite.py")
-    module = importlib.util.module_from_spec(spec)
-    # Registered first: its dataclasses look their module up while they are built.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("suite.py") as module:
+        yield module
 
 
 def run(env: str, method: str, seed: int, curve: list, status: str = "ok", sps: float = 1000.0) -> dict:
