@@ -14,6 +14,8 @@
         --precisions bfloat16 --minibatch-size 65536 -- --train.device cuda            # on a GPU
     python benchmarks/train_throughput.py --settings cnn --envs breakout gym:ALE/Pong-v5 \
         --precisions float32 bfloat16 --compile off on --epochs 6                      # the CNN grid
+    python benchmarks/train_throughput.py --settings cnn --env gym:ALE/Pong-v5 --precisions bfloat16 \
+        --backends multiprocessing envpool --rounds 3 --epochs 12        # ale-py workers vs EnvPool
 
 Settings:
   default   shoal/configs/breakout.toml as it is (MLP, bfloat16, 1024 envs, batch 65536, 4 update epochs)
@@ -25,6 +27,7 @@ Settings:
             envs, batch 2048, minibatch 256, 4 update epochs): a native game in its pixel mode
             (--env.options.obs pixels, 4 x 84 x 84 frames drawn in C) or an Atari id
             (gym:ALE/Pong-v5, ale-py in worker processes), for each of --precisions
+--backends compares env.backend values ("auto": what the recipe derives), each setting with each.
 --processes N runs a setting as N data-parallel processes (train.processes: the envs, batch and
 minibatch split between them), started as `shoal train` starts them; rank 0 measures.
 Flags after `--` go to every run's config (e.g. `-- --train.torch-threads 1`).
@@ -149,9 +152,10 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
         out,
         args.torch_threads,
         args.processes,
+        args.backends,
     )
-    for env, hidden, compiled, s, threads, processes in grid:
-        extra = []
+    for env, hidden, compiled, s, threads, processes, backend in grid:
+        extra = [] if backend == "auto" else ["--env.backend", backend]
         if s["setting"] == "cnn" and not env.startswith("gym:"):
             extra += ["--env.options.obs", "pixels"]
         if compiled is not None:
@@ -241,6 +245,7 @@ def run_setting(
         "lstm": cfg.policy.lstm,
         "hidden_size": cfg.policy.hidden_size,
         "num_envs": cfg.env.num_envs,
+        "backend": cfg.env.backend,
         "processes": cfg.train.processes,
         "torch_threads": "/".join(map(str, threads)) if args.alternate_threads else last.get("torch_threads"),
         "env_threads": last.get("env_threads"),
@@ -337,7 +342,8 @@ def describe(row: dict[str, Any]) -> str:
         model = f"nature cnn {row['hidden_size']}" + (" + lstm" if row["lstm"] else "")
     return (
         f"{row['env']} {row['setting']} ({model}, {row['precision']}, batch {row['batch_size']}, minibatch "
-        f"{row['minibatch_size']}, {row['update_epochs']} update epoch(s), {row['num_envs']} envs) | "
+        f"{row['minibatch_size']}, {row['update_epochs']} update epoch(s), {row['num_envs']} envs, "
+        f"{row.get('backend', '?')}) | "
         f"{str(row['processes']) + ' processes x ' if row.get('processes', 1) > 1 else ''}"
         f"torch threads {row['torch_threads']}"
         f"{' (tuned; rollout/update per epoch: ' + tuned(row) + ')' if row.get('threads_tuned') else ''}, "
@@ -391,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", nargs="+", type=int, default=[1],
                         help="train.processes values to compare (data-parallel processes; the envs, "
                         "batch and minibatch are split between them)")
+    parser.add_argument("--backends", nargs="+", default=["auto"],
+                        help="env.backend values to compare (auto: the config's or the recipe's)")
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
     parser.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

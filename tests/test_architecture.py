@@ -18,6 +18,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("shoal.vector", 1),
     ("shoal.emulation", 1),
     ("shoal.atari", 1),
+    ("shoal.atari_pool", 1),
     ("shoal.render", 1),
     ("shoal.policy", 2),
     ("shoal.encoders", 2),

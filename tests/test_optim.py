@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shoal.policy import Policy
-from shoal.train.optim import lr_factor, make_optimizer
+from shoal.train.optim import KL_MIN_FACTOR, kl_adapted, lr_factor, make_optimizer
 
 
 def train_cfg(**kw):
@@ -55,6 +55,21 @@ def test_warmup():
     assert lr_factor(0.1, "cosine", warmup_fraction=0.1) == pytest.approx(1.0)
     # Decay spans what is left after the warmup.
     assert lr_factor(0.55, "linear", warmup_fraction=0.1) == pytest.approx(0.5)
+
+
+def test_kl_controller():
+    # Above 2x the target: 1.5x smaller; below half of it: 1.5x larger, up to the schedule.
+    assert kl_adapted(1.0, 0.05, 0.02) == pytest.approx(1 / 1.5)
+    assert kl_adapted(0.5, 0.005, 0.02) == pytest.approx(0.75)
+    assert kl_adapted(0.9, 0.005, 0.02) == 1.0
+    # Within [target / 2, 2 * target] it holds.
+    assert kl_adapted(0.3, 0.02, 0.02) == 0.3
+    assert kl_adapted(0.3, 0.039, 0.02) == 0.3
+    # A floor, also for a non-finite KL.
+    assert kl_adapted(KL_MIN_FACTOR, 1.0, 0.02) == KL_MIN_FACTOR
+    assert kl_adapted(1.0, float("nan"), 0.02) == KL_MIN_FACTOR
+    with pytest.raises(ValueError, match="target KL must be positive"):
+        kl_adapted(1.0, 0.01, 0.0)
 
 
 def test_schedule_errors():

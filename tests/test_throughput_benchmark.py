@@ -32,6 +32,7 @@ def namespace(**overrides) -> argparse.Namespace:
         "overlap": ["off"],
         "torch_threads": [0],
         "processes": [1],
+        "backends": ["auto"],
     }
     args.update(overrides)
     return argparse.Namespace(**args)
@@ -41,6 +42,11 @@ def flag(overrides: list[str], name: str) -> str | None:
     """The last value given for `name` (the one load_config keeps), or None."""
     values = [overrides[i + 1] for i, word in enumerate(overrides[:-1]) if word == name]
     return values[-1] if values else None
+
+
+def test_backends_set_env_backend_except_auto(bench):
+    specs = bench.settings(namespace(settings=["cnn"], env="gym:ALE/Pong-v5", backends=["auto", "envpool"]))
+    assert [flag(s["overrides"], "--env.backend") for s in specs] == [None, "envpool"]
 
 
 def test_the_grid_covers_every_combination(bench):

@@ -216,6 +216,8 @@ def test_config_errors_name_the_problem(tmp_path):
         train(config(tmp_path, "cartpole", "--train.total-steps", "0"))
     with pytest.raises(ConfigError, match=r"max_minibatch_size \(4\) must be at least train.bptt_horizon"):
         train(config(tmp_path, "cartpole", "--train.max-minibatch-size", "4"))
+    with pytest.raises(ConfigError, match=r"train.target_kl must be >= 0 \(0 = off\), got -0.01"):
+        train(config(tmp_path, "cartpole", "--train.target-kl", "-0.01"))
     with pytest.raises(ConfigError, match="torch_threads must be >= 0"):
         train(config(tmp_path, "cartpole", "--train.torch-threads", "-1"))
     with pytest.raises(ConfigError, match="cuda"):

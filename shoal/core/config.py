@@ -42,8 +42,9 @@ class EnvConfig:
     # Native envs set their own count in shoal/configs/<env>.toml; 64 suits Python (gym:) envs and
     # divides the default batch.
     num_envs: int = 64
-    # "native": C envs stepped in-process; "serial"/"multiprocessing": shoal.vector backends.
-    backend: Literal["native", "serial", "multiprocessing"] = "native"
+    # "native": C envs stepped in-process; "serial"/"multiprocessing": shoal.vector backends;
+    # "envpool": ale-py v5 games in EnvPool's thread pool (shoal/atari_pool.py), num_threads threads.
+    backend: Literal["native", "serial", "multiprocessing", "envpool"] = "native"
     num_workers: int = 1
     # Threads the C env spreads its envs over (0 = choose for the machine).
     num_threads: int = 0
@@ -115,6 +116,10 @@ class TrainConfig:
     lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_fraction: float = 0.0
     min_lr_ratio: float = 0.0
+    # Adaptive step size (0 = off): after each pass over the rollout, the learning rate shrinks
+    # by 1.5x when the pass's mean approx KL exceeded 2 * target_kl and grows back toward the
+    # schedule's value when it fell below target_kl / 2 (shoal/train/optim.py, kl_adapted).
+    target_kl: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8

@@ -23,7 +23,7 @@ from torch import nn
 from shoal.policy import Policy, evaluate_actions
 from shoal.train.advantage import AdvantageEstimator
 from shoal.train.losses import LossTerms, normalize_advantages, ppo_loss
-from shoal.train.optim import Optimizers, lr_factor
+from shoal.train.optim import Optimizers, kl_adapted, lr_factor
 from shoal.train.rollout import RolloutBuffer
 
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
@@ -106,6 +106,7 @@ class Learner:
         self.num_minibatches = buffer.num_segments // self.segments_per_minibatch
         self.segments_per_chunk = max(1, train_cfg.max_minibatch_size // buffer.horizon)
         self.update = 0  # optimizer steps taken, the schedule's position
+        self.kl_factor = 1.0  # the KL controller's multiplier of the scheduled rate (train.target_kl)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self._arange = torch.arange(buffer.num_segments, device=buffer.obs.device)
 
@@ -116,10 +117,11 @@ class Learner:
         return float(self.opt.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"update": self.update, "estimator": self.estimator.state_dict()}
+        return {"update": self.update, "kl_factor": self.kl_factor, "estimator": self.estimator.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.update = int(state["update"])
+        self.kl_factor = float(state.get("kl_factor", 1.0))
         self.estimator.load_state_dict(state.get("estimator", {}))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -134,8 +136,10 @@ class Learner:
         self._set_targets(seg, self.estimator.prepare(self.buffer, functools.partial(self._forward_all, seg)))
         totals = torch.zeros(len(LOSS_KEYS), device=self.buffer.obs.device)
         count = 0
+        kl_index = LOSS_KEYS.index("approx_kl")
         for _ in range(self.cfg.update_epochs):
             order = self._epoch_order()
+            kl_before = totals[kl_index].clone()
             for m in range(self.num_minibatches):
                 if self.estimator.uses_ratios and count > 0:
                     # Off-policy correction: advantages follow the ratios of the latest updates.
@@ -143,7 +147,19 @@ class Learner:
                 idx, weights = self._choose_segments(seg, order, m)
                 self._train_minibatch(seg, idx, weights, totals)
                 count += 1
+            if self.cfg.target_kl > 0:
+                self._adapt_to_kl((totals[kl_index] - kl_before) / self.num_minibatches)
         return self._statistics(totals, count)
+
+    def _adapt_to_kl(self, pass_kl: torch.Tensor) -> None:
+        """Move the KL controller's factor after a pass whose mean approx KL was `pass_kl`; the
+        ranks of a data-parallel job decide on their mean, so their rates stay equal."""
+        if self.all_sum is not None:
+            total, ranks = self.all_sum(torch.stack([pass_kl, torch.ones_like(pass_kl)])).tolist()
+            kl = total / ranks
+        else:
+            kl = float(pass_kl)
+        self.kl_factor = kl_adapted(self.kl_factor, kl, self.cfg.target_kl)
 
     def _segments(self) -> Segments:
         buf = self.buffer
@@ -211,9 +227,8 @@ class Learner:
             # After normalization, which would otherwise re-centre and rescale the correction
             # for sampling segments by priority.
             adv = adv * weights.unsqueeze(1)
-        self.opt.set_lr_factor(
-            lr_factor(self.progress(), cfg.lr_schedule, cfg.warmup_fraction, cfg.min_lr_ratio)
-        )
+        scheduled = lr_factor(self.progress(), cfg.lr_schedule, cfg.warmup_fraction, cfg.min_lr_ratio)
+        self.opt.set_lr_factor(self.kl_factor * scheduled)
         self.opt.zero_grad()
         for lo in range(0, per, size):
             if idx is None and size >= per:

@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 SCHEDULES = ("constant", "linear", "cosine")
+# The KL controller's step: one pass whose KL is off target by 2x scales the rate by 1.5 (the
+# rule of Schulman et al. 2017's adaptive KL penalty, applied to the step size instead).
+KL_STEP = 1.5
+# The controller never shrinks the scheduled rate below this fraction of it, so a burst of
+# large updates cannot stall learning for good.
+KL_MIN_FACTOR = 0.01
 
 
 def lr_factor(
@@ -32,6 +38,21 @@ def lr_factor(
     decay = (progress - warmup_fraction) / (1.0 - warmup_fraction)
     shape = 1.0 - decay if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * decay))
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+def kl_adapted(factor: float, kl: float, target: float) -> float:
+    """The KL controller's next multiplier of the scheduled learning rate, after a pass over the
+    rollout whose mean approx KL was `kl`: smaller when `kl` is above twice `target`, larger
+    (never above 1: the schedule is the ceiling) when below half of it."""
+    if target <= 0:
+        raise ValueError(f"target KL must be positive, got {target}")
+    if not math.isfinite(kl):
+        return KL_MIN_FACTOR
+    if kl > 2.0 * target:
+        factor /= KL_STEP
+    elif kl < 0.5 * target:
+        factor *= KL_STEP
+    return min(1.0, max(KL_MIN_FACTOR, factor))
 
 
 class Optimizers:

@@ -32,7 +32,7 @@ import torch
 
 from shoal.core.config import Config, ConfigError
 from shoal.core.hardware import resolve_device, resolve_precision
-from shoal.core.names import is_emulated
+from shoal.core.names import is_emulated, split_env_name
 from shoal.emulation import structured_observation_space
 from shoal.envs.registry import make
 from shoal.mup import regroup
@@ -198,6 +198,8 @@ def make_env(cfg: Config, seed: int | None = None) -> Any:
         return make(
             cfg.env.name, num_envs=cfg.env.num_envs, seed=seed, num_threads=cfg.env.num_threads, **options
         )
+    if cfg.env.backend == "envpool":
+        return _make_envpool(cfg, seed, options)
     from shoal import vector
 
     if not is_emulated(cfg.env.name):
@@ -212,6 +214,22 @@ def make_env(cfg: Config, seed: int | None = None) -> Any:
         seed=seed,
         env_kwargs=options,
     )
+
+
+def _make_envpool(cfg: Config, seed: int, options: dict[str, Any]) -> Any:
+    from shoal.atari_pool import make_envpool_atari
+
+    kind, env_id = split_env_name(cfg.env.name)
+    if kind != "gym":
+        raise ConfigError(
+            f"env.backend = 'envpool' runs ale-py games (e.g. gym:ALE/Pong-v5), not {cfg.env.name!r}"
+        )
+    try:
+        return make_envpool_atari(
+            env_id, num_envs=cfg.env.num_envs, seed=seed, num_threads=cfg.env.num_threads, **options
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_policy(cfg: Config, env: Any) -> None:

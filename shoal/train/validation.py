@@ -51,6 +51,8 @@ def _check_values(cfg: Config) -> None:
             raise ConfigError(f"policy.{key} must be positive, got {getattr(cfg.policy, key)}")
     if t.reward_clip < 0:
         raise ConfigError(f"train.reward_clip must be >= 0 (0 = no clipping), got {t.reward_clip}")
+    if not t.target_kl >= 0:
+        raise ConfigError(f"train.target_kl must be >= 0 (0 = off), got {t.target_kl}")
     if t.prio_alpha < 0 or not 0.0 <= t.prio_beta0 <= 1.0:
         raise ConfigError(
             "train.prio_alpha must be >= 0 and train.prio_beta0 in [0, 1], "
