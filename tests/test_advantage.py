@@ -256,13 +256,18 @@ def test_learner_state_dict_holds_the_update_count_and_the_estimator_state():
     learner = learner_for(cfg, make_estimator(cfg, 16), filled_buffer())
     learner.learn()
     state = learner.state_dict()
-    assert state == {"update": learner.update, "estimator": {"horizon": learner.estimator.horizon}}
+    assert state == {
+        "update": learner.update,
+        "kl_factor": 1.0,
+        "estimator": {"horizon": learner.estimator.horizon},
+    }
     fresh = learner_for(cfg, make_estimator(cfg, 16), filled_buffer())
+    # A checkpoint from before train.target_kl has no kl_factor: the schedule's rate, as then.
     fresh.load_state_dict({"update": 5, "estimator": {"horizon": 7}})
-    assert fresh.update == 5 and fresh.estimator.horizon == 7
+    assert fresh.update == 5 and fresh.estimator.horizon == 7 and fresh.kl_factor == 1.0
     gae_cfg = train_cfg()
     gae_learner = learner_for(gae_cfg, make_estimator(gae_cfg, 16), filled_buffer())
-    assert gae_learner.state_dict() == {"update": 0, "estimator": {}}
+    assert gae_learner.state_dict() == {"update": 0, "kl_factor": 1.0, "estimator": {}}
     gae_learner.load_state_dict({"update": 3})
     assert gae_learner.update == 3
 
