@@ -22,7 +22,6 @@ probability 0.25, the minimal action set, at most 108,000 frames a game.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from collections.abc import Callable
@@ -46,10 +45,6 @@ ALE_V5_DEFAULTS: dict[str, Any] = {
 }
 
 PoolFactory = Callable[..., Any]
-
-
-def envpool_available() -> bool:
-    return importlib.util.find_spec("envpool") is not None
 
 
 def envpool_task(env_id: str) -> str:

@@ -13,7 +13,6 @@ from gymnasium import spaces
 
 from shoal.atari_pool import EnvPoolAtariVecEnv, envpool_task, make_envpool_atari, pool_settings
 from shoal.core.config import ConfigError, load_config
-from shoal.train import recipe
 from shoal.train.trainer import make_env
 
 OBS_SHAPE = (2, 3, 3)
@@ -173,16 +172,6 @@ def test_the_trainer_refuses_envpool_for_other_envs():
     cfg = load_config("cartpole", ["--env.backend", "envpool"])
     with pytest.raises(ConfigError, match="env.backend = 'envpool' runs ale-py games"):
         make_env(cfg)
-
-
-def test_the_recipe_picks_envpool_only_for_games_it_runs(monkeypatch):
-    monkeypatch.setattr(recipe, "envpool_available", lambda: True)
-    assert recipe.runs_in_envpool("gym:ALE/Pong-v5", {})
-    assert not recipe.runs_in_envpool("gym:ALE/Pong-v5", {"obs_type": "rgb"})
-    assert not recipe.runs_in_envpool("gym:CartPole-v1", {})
-    assert not recipe.runs_in_envpool("breakout", {})
-    monkeypatch.setattr(recipe, "envpool_available", lambda: False)
-    assert not recipe.runs_in_envpool("gym:ALE/Pong-v5", {})
 
 
 def test_real_envpool_gives_the_ale_backends_observations():

@@ -26,9 +26,7 @@ from typing import Any, NamedTuple
 import gymnasium
 import numpy as np
 
-from shoal.atari_pool import envpool_available, pool_settings
 from shoal.core.config import CONFIG_DIR, Config, ConfigError, env_file_stem, pixel_mode, set_key
-from shoal.core.names import split_env_name
 from shoal.emulation import structured_observation_space
 from shoal.encoders import choose_encoder
 from shoal.envs.registry import make
@@ -40,10 +38,6 @@ PROBE_ACTION_BLOCK = 256
 # A vector step of the serial backend that takes at least this long is worth spreading over
 # worker processes: their send/receive costs on the order of 0.1 ms per step.
 MULTIPROCESSING_STEP_SECONDS = 1e-3
-# Why an ale-py v5 game runs in EnvPool when it is installed: measured with
-# `python benchmarks/train_throughput.py --settings cnn --env gym:ALE/Pong-v5 --precisions bfloat16
-# --backends multiprocessing envpool --rounds 3 --epochs 16` (docs/pixels.md).
-ENVPOOL_WHY = "EnvPool is installed: it trained ALE Pong 1.19x faster than ale-py in 2 worker processes"
 # The smallest minibatch worth a gradient step (below it, fixed per-step costs dominate).
 MIN_MINIBATCH = 64
 # Frames per forward/backward of a CNN (larger minibatches accumulate gradients): 1024 frames of
@@ -327,7 +321,7 @@ def _geometry(profile: EnvProfile, cfg: Config, explicit: frozenset[str]) -> dic
     values["train.learning_rate"] = Derived(
         tier.learning_rate, f"Adam's step for {tier.name} envs' minibatches"
     )
-    values.update(_backend(profile, num_envs, explicit, cfg.env.options))
+    values.update(_backend(profile, num_envs, explicit))
     return values
 
 
@@ -341,20 +335,14 @@ def minibatch_count(batch: int, segment: int, wanted: int) -> int:
     return 1
 
 
-def _backend(
-    profile: EnvProfile, num_envs: int, explicit: frozenset[str], options: dict[str, Any]
-) -> dict[str, Derived]:
-    """EnvPool for the ale-py games it runs, when installed; else worker processes when a serial
-    vector step would be long enough to pay for them."""
+def _backend(profile: EnvProfile, num_envs: int, explicit: frozenset[str]) -> dict[str, Derived]:
+    """Worker processes when a serial vector step would be long enough to pay for them. (EnvPool,
+    env.backend = "envpool", trains ALE Pong 1.19x faster in steps/s, but in 3 seeds it learned
+    less per frame and no more in 30 minutes, so it is never derived; docs/pixels.md.)"""
     step_seconds = num_envs * profile.agents_per_env / profile.steps_per_second
     workers = max(w for w in range(1, min(profile.cores, num_envs) + 1) if num_envs % w == 0)
     if "env.backend" in explicit or "env.num_workers" in explicit:
         return {}
-    if runs_in_envpool(profile.name, options):
-        return {
-            "env.backend": Derived("envpool", ENVPOOL_WHY),
-            "env.num_workers": Derived(1, "EnvPool: one process, its own threads (env.num_threads)"),
-        }
     if workers >= 2 and step_seconds >= MULTIPROCESSING_STEP_SECONDS:
         why = f"a step of {num_envs} envs takes ~{step_seconds * 1e3:.1f} ms: {workers} processes share it"
         return {
@@ -365,18 +353,6 @@ def _backend(
         f"a step of {num_envs} envs takes ~{step_seconds * 1e3:.2f} ms, too short to pay for worker processes"
     )
     return {"env.backend": Derived("serial", why), "env.num_workers": Derived(1, "serial: one process")}
-
-
-def runs_in_envpool(name: str, options: dict[str, Any]) -> bool:
-    """Whether `name` with `options` is an ale-py v5 game that the installed EnvPool runs."""
-    kind, env_id = split_env_name(name)
-    if kind != "gym" or not envpool_available():
-        return False
-    try:
-        pool_settings(env_id, options)
-    except ValueError:
-        return False
-    return True
 
 
 def _normalization(profile: EnvProfile) -> dict[str, Derived]:
