@@ -24,7 +24,7 @@ Settings:
   custom    breakout with each (--precisions x --batch-sizes), minibatch --minibatch-size or
             batch / 8, envs --num-envs (the old form of this script; picked by --batch-sizes)
   cnn       pixels through the Nature CNN with the recipe `shoal train` derives for images (16
-            envs, batch 2048, minibatch 256, 4 update epochs): a native game in its pixel mode
+            envs, batch 2048, minibatch 128, 4 update epochs): a native game in its pixel mode
             (--env.options.obs pixels, 4 x 84 x 84 frames drawn in C) or an Atari id
             (gym:ALE/Pong-v5, ale-py in worker processes), for each of --precisions
 --backends compares env.backend values ("auto": what the recipe derives), each setting with each.

@@ -121,7 +121,6 @@ class EnvPoolAtariVecEnv(_EmulatedVecEnv):
         if num_threads <= 0:
             num_threads = min(num_envs, len(os.sched_getaffinity(0)))
         pre, kwargs = pool_settings(env_id, options)
-        self.env_id = env_id
         self.life_loss: bool = pre["terminal_on_life_loss"]
         self.clip_rewards: bool = pre["clip_rewards"]
         factory = pool_factory or _envpool_make()
@@ -161,25 +160,27 @@ class EnvPoolAtariVecEnv(_EmulatedVecEnv):
         obs, reward, terminated, truncated, info = self._pool.step(np.asarray(actions, dtype=np.int32))
         rows = self._rows(info)
         reward = np.asarray(reward, dtype=np.float64)
-        game_over = np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool)
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool) & ~terminated
+        game_over = terminated | truncated
         lives = np.asarray(info["lives"], dtype=np.int64)
         life_lost = (lives < self._lives[rows]) & ~game_over if self.life_loss else np.zeros_like(game_over)
         self._lives[rows] = lives
         self._scores[rows] += reward
         self._stats.lengths[rows] += 1
         self.rewards[rows] = np.sign(reward) if self.clip_rewards else reward
-        self.terminals[rows] = np.asarray(terminated, dtype=bool) | life_lost
-        self.truncations[rows] = np.asarray(truncated, dtype=bool) & ~np.asarray(terminated, dtype=bool)
+        self.terminals[rows] = terminated | life_lost
+        self.truncations[rows] = truncated
         self.observations[rows] = obs.reshape(len(rows), -1)
         self._infos.extend({"episode_continues": True} for _ in range(int(life_lost.sum())))
         ended = rows[game_over]
         if ended.size:
-            self._end_games(ended, self.truncations[ended])
+            self._end_games(ended)
 
-    def _end_games(self, ended: np.ndarray, truncated: np.ndarray) -> None:
+    def _end_games(self, ended: np.ndarray) -> None:
         """Record the finished games of envs `ended` and start their next ones in this step."""
-        for i, cut in zip(ended.tolist(), truncated.tolist(), strict=True):
-            if cut:
+        for i in ended.tolist():
+            if self.truncations[i]:
                 self.final_observations[i] = self.observations[i]
             info = {"episode_return": float(self._scores[i]), "score": float(self._scores[i])}
             self._stats.finish(i, info)
