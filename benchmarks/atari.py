@@ -1,18 +1,18 @@
 """Atari from pixels: Shoal with no flags against SB3 PPO with the RL Zoo's Atari settings.
 
     python benchmarks/atari.py ALE/Pong-v5 --minutes 30 --seeds 3 --target 18
-    python benchmarks/atari.py ALE/Breakout-v5 --minutes 240 --references none      # one 10M-frame run
+    python benchmarks/atari.py ALE/Breakout-v5 --minutes 200 --references none      # 10M steps, 40M frames
     python benchmarks/atari.py ALE/Boxing-v5 --minutes 20 --seeds 1
     python benchmarks/atari.py --report benchmarks/results/atari_pong               # redraw from JSON
     python benchmarks/atari.py ALE/Pong-v5 --minutes 15 --references none --out /tmp/lr \
-        -- --train.learning-rate 1e-3                                               # a recipe variant
+        -- --train.clip-coef 0.2                                                    # a recipe variant
 
 For every seed, back to back on the same machine, each in a fresh subprocess (benchmarks/suite.py's
 workers), with the same wall budget:
 
 - shoal: `shoal train gym:ID` with no flags: the derived recipe for image observations (Nature
   CNN, 16 envs in worker processes, 128-step rollouts, bfloat16 where the CPU has it) over
-  shoal.atari's preprocessing. It stops at the budget or at its recipe's 2.5M agent steps (10M
+  shoal.atari's preprocessing. It stops at the budget or at its recipe's 10M agent steps (40M
   frames), whichever is first.
 - zoo: SB3 PPO with the RL Zoo's Atari entry (suite.ZOO_ATARI: AtariWrapper, 4 stacked frames,
   CnnPolicy, 8 envs, 128 steps, 4 epochs, minibatch 256, linear 2.5e-4 and clip 0.1), stopped at
